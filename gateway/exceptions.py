@@ -1,0 +1,134 @@
+"""Every error the gateway raises or translates, and the HTTP answer each one becomes.
+
+Provider adapters translate their protocol's failures into the `ProviderError` branch at their boundary;
+nothing provider-specific (status codes, bodies, keys) travels past it. The API layer turns any
+`GatewayError` into OpenAI's error shape `{"error": {"message", "type", "param", "code"}}`.
+
+    GatewayError
+    ├── InvalidRequest             400 invalid_request_error   client input is wrong (carries `param`)
+    │   └── PayloadTooLarge        413 invalid_request_error   an upload over the configured cap
+    ├── AuthenticationFailed       401 authentication_error    missing or unknown gateway key
+    ├── ModelNotFound              404 invalid_request_error   code model_not_found
+    ├── DeadlineExceeded           504 timeout_error           the request's deadline ran out
+    └── ProviderError              a provider failed (raised by adapters only)
+        ├── RetryableProviderError      502   another attempt, elsewhere or later, may succeed
+        │   ├── ProviderUnavailable     502   connect error, 5xx, malformed or unexpected response
+        │   ├── ProviderRateLimited     503   429 from the provider; carries retry_after seconds
+        │   └── ProviderTimeout         504   the provider did not answer in time
+        └── PermanentProviderError      502   retrying the same input will fail the same way
+            ├── ProviderRejectedInput   400   the provider refused the input (422 and the like)
+            ├── ContentPolicyViolation  400   code content_policy_violation
+            └── ProviderAuthError       502   our provider credentials are wrong: an operator problem,
+                                              never the client's, so never a 401 to the client
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error that becomes an HTTP answer."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the client may get a different answer by retrying (drives `x-should-retry`)."""
+        return self.status_code >= 500 or self.status_code == 429
+
+
+class InvalidRequest(GatewayError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status_code = 413
+
+
+class AuthenticationFailed(GatewayError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class DeadlineExceeded(GatewayError):
+    status_code = 504
+    error_type = "timeout_error"
+    code = "deadline_exceeded"
+
+
+class ProviderError(GatewayError):
+    """A provider failed. `provider` names the deployment's provider for logs, never for clients."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "provider_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.provider = provider
+
+
+class RetryableProviderError(ProviderError):
+    pass
+
+
+class ProviderUnavailable(RetryableProviderError):
+    code = "provider_unavailable"
+
+
+class ProviderRateLimited(RetryableProviderError):
+    status_code = 503
+    code = "provider_rate_limited"
+
+    def __init__(self, message: str, *, provider: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, provider=provider)
+        self.retry_after = retry_after
+
+
+class ProviderTimeout(RetryableProviderError):
+    status_code = 504
+    error_type = "timeout_error"
+    code = "provider_timeout"
+
+
+class PermanentProviderError(ProviderError):
+    pass
+
+
+class ProviderRejectedInput(PermanentProviderError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "provider_rejected_input"
+
+
+class ContentPolicyViolation(PermanentProviderError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "content_policy_violation"
+
+
+class ProviderAuthError(PermanentProviderError):
+    code = "provider_auth_error"
