@@ -61,9 +61,7 @@ class Model:
     deployments: tuple[Deployment, ...]
 
     def deployments_for(self, mode: Mode, provider: str | None = None) -> tuple[Deployment, ...]:
-        return tuple(
-            d for d in self.deployments if mode in d.modes and (provider is None or d.provider == provider)
-        )
+        return tuple(d for d in self.deployments if mode in d.modes and (provider is None or d.provider == provider))
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,8 +309,12 @@ def deployment_summary(deployment: Deployment) -> Mapping[str, Any]:
     sizes = deployment.sizes
     size_info: dict[str, Any]
     if isinstance(sizes, FreeSizes):
-        size_info = {"kind": "free", "min_side": sizes.min_side, "max_side": sizes.max_side,
-                     "multiple_of": sizes.multiple_of}
+        size_info = {
+            "kind": "free",
+            "min_side": sizes.min_side,
+            "max_side": sizes.max_side,
+            "multiple_of": sizes.multiple_of,
+        }
     else:
         size_info = {"kind": "table", "sizes": [f"{o.width}x{o.height}" for o in sizes.options]}
     rule = deployment.pricing

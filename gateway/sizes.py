@@ -53,7 +53,8 @@ class FreeSizes:
             scale = math.sqrt(self.max_pixels / (w * h))
             w, h = w * scale, h * scale
         # Snap down when scaling for a pixel cap, so the result stays within it.
-        snap = math.floor if self.max_pixels is not None and width * height > self.max_pixels else round
+        capped = self.max_pixels is not None and width * height > self.max_pixels
+        snap = math.floor if capped else _round_half_up
         w = _snap(w, self.multiple_of, self.min_side, self.max_side, snap)
         h = _snap(h, self.multiple_of, self.min_side, self.max_side, snap)
         return (w, h)
@@ -64,6 +65,10 @@ class FreeSizes:
 
     def nominal_megapixels(self, width: int, height: int) -> Fraction | None:
         return None
+
+
+def _round_half_up(value: float) -> int:
+    return math.floor(value + 0.5)
 
 
 def _snap(value: float, multiple: int, low: int, high: int, rounder: Any) -> int:

@@ -1,0 +1,1 @@
+"""flux-gateway: an OpenAI-compatible routing gateway for image-generation models."""

@@ -1,0 +1,1 @@
+"""The HTTP edge: OpenAI-compatible routes, request parsing and the OpenAI error shape."""
