@@ -6,15 +6,14 @@ import argparse
 import contextlib
 import logging
 import os
-import subprocess
+import signal
 import sys
-import time
 from collections.abc import Iterator, Sequence
 
-import httpx
 import uvicorn
 from pydantic import SecretStr
 
+from gateway.child_server import ChildServer, python_module
 from gateway.redis_server import EmbeddedRedis
 from gateway.settings import Settings
 
@@ -57,6 +56,9 @@ def _serve(args: argparse.Namespace) -> int:
     }
     settings = Settings().model_copy(update=overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn re-raises SIGTERM after its own graceful shutdown; as an exception it unwinds the ExitStack
+    # below (simulators, embedded Redis) instead of killing the process before the cleanup runs.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     if not args.simulate and settings.admin_key is None:
         print("error: set GATEWAY_ADMIN_KEY (the key clients send), or run with --simulate for a local key.")
         return 2
@@ -79,6 +81,10 @@ def _serve(args: argparse.Namespace) -> int:
         _print_banner(settings, simulated=args.simulate)
         _run_uvicorn(settings)
     return 0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _run_uvicorn(settings: Settings) -> None:
@@ -117,39 +123,15 @@ def _settings_env(settings: Settings) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _simulators(fal_port: int, replicate_port: int) -> Iterator[tuple[str, str]]:
-    """Run both simulators in a child process (so they never compete with the gateway's event loop)."""
-    env = {**os.environ, "FAL_KEY": SIM_FAL_KEY, "REPLICATE_API_TOKEN": SIM_REPLICATE_KEY}
-    cmd = [sys.executable, "-m", "providers.simulators", "--host", "127.0.0.1"]
-    cmd += ["--fal-port", str(fal_port), "--replicate-port", str(replicate_port)]
-    process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+    """Run both simulators in a child process, so they never compete with the gateway's event loop."""
     urls = (f"http://127.0.0.1:{fal_port}", f"http://127.0.0.1:{replicate_port}")
-    try:
-        _wait_until_up(process, urls)
+    args = ["--host", "127.0.0.1", "--fal-port", str(fal_port), "--replicate-port", str(replicate_port)]
+    env = {"FAL_KEY": SIM_FAL_KEY, "REPLICATE_API_TOKEN": SIM_REPLICATE_KEY}
+    with ChildServer(
+        "simulators", python_module("providers.simulators", *args), [f"{u}/_sim/stats" for u in urls], env=env
+    ):
         print(f"simulators: fal {urls[0]}  replicate {urls[1]}", flush=True)
         yield urls
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def _wait_until_up(process: subprocess.Popen[bytes], urls: Sequence[str], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    pending = list(urls)
-    while pending:
-        if process.poll() is not None:
-            raise RuntimeError(f"the simulators exited with status {process.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the simulators did not start within {timeout_s} s")
-        try:
-            if httpx.get(f"{pending[0]}/_sim/stats", timeout=1.0).status_code == 200:
-                pending.pop(0)
-                continue
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
 
 
 def _print_banner(settings: Settings, *, simulated: bool) -> None:

@@ -52,7 +52,7 @@ async def edit_image(request: Request, svc: Annotated[Services, Depends(authenti
     except (MultiPartException, HTTPException) as exc:
         detail = exc.message if isinstance(exc, MultiPartException) else exc.detail
         raise InvalidRequest(f"Malformed multipart body: {detail}") from None
-    async with form:
+    try:
         fields: dict[str, Any] = {}
         uploads: list[tuple[str, bytes]] = []
         has_mask = False
@@ -74,6 +74,8 @@ async def edit_image(request: Request, svc: Annotated[Services, Depends(authenti
             max_total_bytes=settings.max_upload_total_bytes,
             max_pixels=settings.max_input_pixels,
         )
+    finally:
+        await form.close()  # uploaded files may be spooled to disk
     return await _serve(svc, request, params, Mode.EDIT, images, has_mask)
 
 

@@ -1,0 +1,349 @@
+"""FalAdapter against the fal queue simulator, over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from gateway.catalog import Catalog, Deployment
+from gateway.exceptions import (
+    ContentPolicyViolation,
+    ProviderAuthError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderRejectedInput,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from gateway.types import ImageFormat, ImageRequest, InputImage, Mode, ProviderJob
+from providers.base import ProviderEndpoint
+from providers.fal import FalAdapter
+from providers.http import SameOriginAuth
+from providers.simulators.server import SimulatorThread
+
+CATALOG = Path(__file__).resolve().parents[2] / "config" / "models.yaml"
+SLOW_RUN_MS = 5000  # long enough that a job is still running when the adapter cancels it
+
+
+class SimControl:
+    """The simulator's /_sim control routes (plain HTTP, no auth)."""
+
+    def __init__(self, client: httpx.AsyncClient, base_url: str) -> None:
+        self.client = client
+        self.base = f"{base_url.rstrip('/')}/_sim"
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        response = await self.client.request(method, f"{self.base}/{path}", json=body)
+        response.raise_for_status()
+        return response.json()
+
+    async def fault(self, kind: str, on: str = "any", times: int | None = None, retry_after: float = 1) -> None:
+        await self._call("POST", "faults", {"kind": kind, "on": on, "times": times, "retry_after": retry_after})
+
+    async def slow_jobs(self) -> None:
+        await self._call("POST", "config", {"run_ms": SLOW_RUN_MS})
+
+    async def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = await self._call("GET", "stats")
+        return stats
+
+
+def fal_endpoint(sims: SimulatorThread, *, api_key: str | None = None, read_timeout: float = 5) -> ProviderEndpoint:
+    return ProviderEndpoint(
+        base_url=sims.fal_url,
+        api_key=sims.fal_key if api_key is None else api_key,
+        connect_timeout=2,
+        read_timeout=read_timeout,
+        initial_poll_interval=0.005,
+        max_poll_interval=0.02,
+    )
+
+
+def png(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> InputImage:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return InputImage(data=buffer.getvalue(), format=ImageFormat.PNG, width=size[0], height=size[1])
+
+
+def image_request(
+    *,
+    n: int = 1,
+    size: tuple[int, int] = (1024, 768),
+    output_format: ImageFormat = ImageFormat.PNG,
+    seed: int | None = None,
+    images: tuple[InputImage, ...] = (),
+) -> ImageRequest:
+    return ImageRequest(
+        request_id="req-test",
+        mode=Mode.EDIT if images else Mode.GENERATE,
+        prompt="a lighthouse at dusk",
+        width=size[0],
+        height=size[1],
+        n=n,
+        output_format=output_format,
+        seed=seed,
+        images=images,
+    )
+
+
+@pytest.fixture(scope="module")
+def deployments() -> dict[str, Deployment]:
+    return {d.key: d for d in Catalog.from_yaml(CATALOG).deployments if d.provider == "fal"}
+
+
+@pytest.fixture
+def t2i(deployments: dict[str, Deployment]) -> Deployment:
+    return deployments["fal/flux.2-klein-4b"]
+
+
+@pytest.fixture
+async def control(sims: SimulatorThread) -> AsyncIterator[SimControl]:
+    async with httpx.AsyncClient(timeout=5) as client:
+        yield SimControl(client, sims.fal_url)
+
+
+@pytest.fixture
+async def fal(sims: SimulatorThread) -> AsyncIterator[FalAdapter]:
+    adapter = FalAdapter(fal_endpoint(sims))
+    try:
+        yield adapter
+    finally:
+        await adapter.aclose()
+
+
+async def test_generate_one_image(fal: FalAdapter, t2i: Deployment, control: SimControl, sims: SimulatorThread) -> None:
+    result = await fal.generate(t2i, image_request())
+
+    [image] = result.images
+    assert image.url.startswith(sims.fal_url)
+    assert (image.width, image.height, image.content_type) == (1024, 768, "image/png")
+    [job] = result.jobs
+    assert job.provider == "fal"
+    assert job.cancel_url is not None
+    assert job.cancel_url.endswith(f"/requests/{job.job_id}/cancel")
+    assert "inference_time" in result.metrics
+    stats = await control.stats()
+    assert stats["calls"]["submit"] == 1
+    assert stats["calls"]["result"] == 1
+    [sent] = stats["jobs"]
+    assert sent["model"] == "fal-ai/flux-2/klein/4b"
+    assert sent["input"] == {
+        "prompt": "a lighthouse at dusk",
+        "image_size": {"width": 1024, "height": 768},
+        "num_images": 1,
+        "output_format": "png",
+        "enable_safety_checker": True,
+    }
+
+
+@pytest.mark.parametrize("output_format", list(ImageFormat))
+async def test_generate_three_images_with_seed_and_format(
+    fal: FalAdapter, t2i: Deployment, control: SimControl, output_format: ImageFormat
+) -> None:
+    result = await fal.generate(t2i, image_request(n=3, size=(512, 512), output_format=output_format, seed=42))
+
+    assert len(result.images) == 3
+    assert len({image.url for image in result.images}) == 3
+    assert {image.content_type for image in result.images} == {output_format.content_type}
+    assert result.seed == 42
+    [sent] = (await control.stats())["jobs"]
+    assert (sent["input"]["num_images"], sent["input"]["seed"]) == (3, 42)
+    assert sent["input"]["output_format"] == output_format.value
+    body = (await control.client.get(result.images[0].url)).content
+    with Image.open(io.BytesIO(body)) as picture:
+        assert picture.size == (512, 512)
+        assert ImageFormat.from_content_type(f"image/{picture.format}") is output_format
+
+
+async def test_edit_sends_every_reference_image(
+    fal: FalAdapter, deployments: dict[str, Deployment], control: SimControl
+) -> None:
+    red, blue = (255, 0, 0), (0, 0, 255)
+    request = image_request(size=(256, 128), images=(png(red), png(blue, (32, 32))))
+
+    result = await fal.generate(deployments["fal/flux.2-klein-4b-edit"], request)
+
+    [sent] = (await control.stats())["jobs"]
+    assert sent["model"] == "fal-ai/flux-2/klein/4b/edit"
+    assert [(i["format"], i["width"], i["height"]) for i in sent["input"]["image_urls"]] == [
+        ("png", 64, 48),
+        ("png", 32, 32),
+    ]
+    body = (await control.client.get(result.images[0].url)).content
+    with Image.open(io.BytesIO(body)) as picture:
+        rgb = picture.convert("RGB")
+        # The simulator paints input i into vertical band i of k.
+        assert rgb.getpixel((64, 64)) == red
+        assert rgb.getpixel((192, 64)) == blue
+
+
+@pytest.mark.parametrize(
+    ("kind", "on", "expected"),
+    [
+        ("http_500", "submit", ProviderUnavailable),
+        ("http_500", "result", ProviderUnavailable),
+        ("http_503", "status", ProviderUnavailable),
+        ("malformed", "submit", ProviderUnavailable),
+        ("malformed", "status", ProviderUnavailable),
+        ("malformed", "result", ProviderUnavailable),
+        ("model_error", "submit", ProviderUnavailable),
+        ("nsfw", "submit", ContentPolicyViolation),
+    ],
+)
+async def test_fault_becomes_the_right_error(
+    fal: FalAdapter, t2i: Deployment, control: SimControl, kind: str, on: str, expected: type[ProviderError]
+) -> None:
+    await control.fault(kind, on)
+
+    with pytest.raises(expected) as caught:
+        await fal.generate(t2i, image_request())
+
+    assert type(caught.value) is expected
+    assert caught.value.provider == "fal"
+
+
+async def test_rate_limit_carries_retry_after(fal: FalAdapter, t2i: Deployment, control: SimControl) -> None:
+    await control.fault("http_429", "submit", retry_after=7)
+
+    with pytest.raises(ProviderRateLimited) as caught:
+        await fal.generate(t2i, image_request())
+
+    assert caught.value.retry_after == 7
+
+
+async def test_validation_fault_names_the_field(fal: FalAdapter, t2i: Deployment, control: SimControl) -> None:
+    await control.fault("validation", "submit")
+
+    with pytest.raises(ProviderRejectedInput) as caught:
+        await fal.generate(t2i, image_request())
+
+    assert caught.value.param == "prompt"
+
+
+async def test_input_fal_refuses_names_the_field(fal: FalAdapter, t2i: Deployment) -> None:
+    with pytest.raises(ProviderRejectedInput) as caught:
+        await fal.generate(t2i, image_request(n=9))  # klein takes at most 4
+
+    assert caught.value.param == "num_images"
+    assert "num_images" in str(caught.value)
+
+
+async def test_failed_poll_cancels_the_job(fal: FalAdapter, t2i: Deployment, control: SimControl) -> None:
+    await control.slow_jobs()
+    await control.fault("http_500", "status")
+
+    with pytest.raises(ProviderUnavailable):
+        await fal.generate(t2i, image_request())
+
+    assert (await control.stats())["cancels"] == 1
+
+
+async def test_read_timeout_is_provider_timeout(sims: SimulatorThread, t2i: Deployment, control: SimControl) -> None:
+    await control.slow_jobs()
+    await control.fault("hang", "status")
+    adapter = FalAdapter(fal_endpoint(sims, read_timeout=0.3))
+    try:
+        with pytest.raises(ProviderTimeout):
+            await adapter.generate(t2i, image_request())
+    finally:
+        await adapter.aclose()
+
+    assert (await control.stats())["cancels"] == 1
+
+
+@pytest.mark.parametrize(("kind", "on"), [("hang", "status"), ("stuck", "submit")])
+async def test_deadline_cancels_the_job_at_fal(
+    fal: FalAdapter, t2i: Deployment, control: SimControl, kind: str, on: str
+) -> None:
+    await control.slow_jobs()
+    await control.fault(kind, on)
+    started = time.monotonic()
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await fal.generate(t2i, image_request())
+
+    assert time.monotonic() - started < 1.5
+    stats = await control.stats()
+    assert stats["cancels"] == 1
+    assert stats["calls"]["cancel"] == 1
+
+
+async def test_deadline_during_submit_is_prompt(fal: FalAdapter, t2i: Deployment, control: SimControl) -> None:
+    await control.fault("hang", "submit")
+    started = time.monotonic()
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await fal.generate(t2i, image_request())
+
+    assert time.monotonic() - started < 1
+
+
+async def test_wrong_key_is_auth_error_without_the_key(sims: SimulatorThread, t2i: Deployment) -> None:
+    wrong_key = "fal-wrong-key-0123456789"
+    adapter = FalAdapter(fal_endpoint(sims, api_key=wrong_key))
+    try:
+        with pytest.raises(ProviderAuthError) as caught:
+            await adapter.generate(t2i, image_request())
+    finally:
+        await adapter.aclose()
+
+    assert wrong_key not in str(caught.value)
+    assert sims.fal_key not in str(caught.value)
+
+
+async def test_cancel_of_finished_job_is_a_no_op(fal: FalAdapter, t2i: Deployment, control: SimControl) -> None:
+    result = await fal.generate(t2i, image_request())
+
+    await fal.cancel(result.jobs[0])
+    await fal.cancel(ProviderJob("fal", "no-such-job", None))
+
+    stats = await control.stats()
+    assert (stats["calls"]["cancel"], stats["cancels"]) == (1, 0)
+
+
+async def test_aclose_closes_the_client(sims: SimulatorThread, t2i: Deployment) -> None:
+    async with FalAdapter(fal_endpoint(sims)) as adapter:
+        await adapter.generate(t2i, image_request())
+
+    with pytest.raises(RuntimeError):  # httpx refuses to send on a closed client
+        await adapter.generate(t2i, image_request())
+
+
+def test_key_goes_only_to_the_endpoint_origin() -> None:
+    auth = SameOriginAuth("https://queue.fal.run", "Key secret")
+
+    def header(url: str) -> str | None:
+        request = next(auth.auth_flow(httpx.Request("GET", url)))
+        value: str | None = request.headers.get("Authorization")
+        return value
+
+    assert header("https://queue.fal.run/fal-ai/flux-2/requests/1/status") == "Key secret"
+    assert header("https://queue.fal.run:443/x") == "Key secret"
+    assert header("http://queue.fal.run/x") is None
+    assert header("https://queue.fal.run:8443/x") is None
+    assert header("https://v3.fal.media/files/x.png") is None
+
+
+async def test_key_is_not_sent_to_a_url_on_another_origin(
+    fal: FalAdapter, t2i: Deployment, control: SimControl, sims: SimulatorThread
+) -> None:
+    result = await fal.generate(t2i, image_request())
+    [job] = result.jobs
+    assert job.cancel_url is not None and "//127.0.0.1:" in job.cancel_url
+    # Same server, but "localhost" is another origin than the endpoint's 127.0.0.1: the simulator sees no key.
+    foreign = ProviderJob("fal", job.job_id, job.cancel_url.replace("//127.0.0.1:", "//localhost:"))
+
+    with pytest.raises(ProviderUnavailable, match="another origin"):
+        await fal.cancel(foreign)
+
+    assert (await control.stats())["calls"]["cancel"] == 1
