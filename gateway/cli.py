@@ -56,6 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     settings = Settings().model_copy(update=overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per provider call is noise; we log per request
     # uvicorn re-raises SIGTERM after its own graceful shutdown; as an exception it unwinds the ExitStack
     # below (simulators, embedded Redis) instead of killing the process before the cleanup runs.
     signal.signal(signal.SIGTERM, _exit_on_signal)

@@ -283,6 +283,34 @@ def test_provider_failures_are_clean_errors(
     _no_secrets(gateway.process.log_text())
 
 
+@pytest.fixture(scope="module")
+def small_upload_gateway(start_gateway: Callable[..., Gateway]) -> Gateway:
+    return start_gateway(GATEWAY_MAX_UPLOAD_FILE_BYTES="2000", GATEWAY_MAX_UPLOAD_TOTAL_BYTES="5000")
+
+
+@pytest.mark.parametrize(
+    ("files", "reason"),
+    [
+        ([("image", ("big.png", solid_png((1, 2, 3), (300, 300)) + b"\0" * 3000))], "each image"),
+        ([("image[]", (f"{i}.png", solid_png((i, 2, 3), (40, 40)) + b"\0" * 1500)) for i in range(4)], "together"),
+        ([("image", ("huge.png", b"\0" * 1_200_000))], "limit"),  # over the whole-body cap: refused while streaming
+    ],
+)
+def test_uploads_over_the_caps_are_413(
+    small_upload_gateway: Gateway, sims: Simulators, usage: UsageLog, files: list, reason: str
+) -> None:
+    response = httpx.post(
+        f"{small_upload_gateway.url}{EDIT}",
+        headers={"Authorization": f"Bearer {small_upload_gateway.key}"},
+        data=GOOD,
+        files=files,
+    )
+    assert response.status_code == 413, response.text
+    assert reason in response.json()["error"]["message"]
+    assert sims.total_calls() == 0
+    assert usage.since_mark() == []
+
+
 def test_deadline_cancels_the_provider_job(start_gateway: Callable[..., Gateway], sims: Simulators) -> None:
     gateway = start_gateway(GATEWAY_REQUEST_TIMEOUT_S="1.0")
     sims.fal.fault("stuck", on="submit", times=1)
