@@ -182,7 +182,6 @@ class SimulatorControl:
         self.ops = tuple(ops)
         self.startup_latency = latency
         self.latency = latency
-        self.startup_faults = tuple(faults)
         self.faults = FaultScript(ops, submit_op)
         for fault in faults:
             self.faults.add(fault)
@@ -193,7 +192,6 @@ class SimulatorControl:
         self.clock = clock
         # Set to release every held request (hangs, Prefer: wait); replaced on reset, set for good on close.
         self._release = asyncio.Event()
-        self.closed = False
 
     def now(self) -> float:
         return self.clock()
@@ -202,7 +200,7 @@ class SimulatorControl:
         self.calls[op] += 1
 
     def reset(self) -> None:
-        """Back to start-up state, except start-up faults: a reset means a clean slate."""
+        """Back to start-up latency with no jobs, stats or faults (start-up faults are cleared too)."""
         self.latency = self.startup_latency
         self.faults.clear()
         self.calls.clear()
@@ -214,7 +212,6 @@ class SimulatorControl:
 
     def close(self) -> None:
         """Release held requests so the server can shut down without waiting for them."""
-        self.closed = True
         self._release.set()
 
     async def hold(

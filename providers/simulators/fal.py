@@ -24,7 +24,9 @@ import hmac
 import math
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -62,8 +64,8 @@ class FalConventions:
     """fal details the research could not confirm (provider-apis.md §2, §5.3), kept in one place."""
 
     # Endpoint id → whether it is the edit endpoint.
-    endpoints: dict[str, bool] = field(
-        default_factory=lambda: {"fal-ai/flux-2/klein/4b": False, "fal-ai/flux-2/klein/4b/edit": True}
+    endpoints: Mapping[str, bool] = field(
+        default_factory=lambda: MappingProxyType({"fal-ai/flux-2/klein/4b": False, "fal-ai/flux-2/klein/4b/edit": True})
     )
     limits: KleinLimits = field(default_factory=KleinLimits)
     submit_status: int = 200  # UNCONFIRMED (3P says 200)
@@ -116,6 +118,7 @@ class FalSimulator:
     # --- handlers -------------------------------------------------------------------------------------
 
     async def submit(self, request: Request) -> Response:
+        """POST /{endpoint}: queue a job (input errors are kept for the result GET, as fal does)."""
         if request.method != "POST":
             return _not_found()
         self.control.count("submit")
@@ -156,6 +159,7 @@ class FalSimulator:
         return json_response(body, self.conventions.submit_status, {"x-fal-request-id": job.id})
 
     async def status(self, request: Request) -> Response:
+        """GET .../requests/{id}/status: 202 IN_QUEUE / IN_PROGRESS, 200 COMPLETED."""
         job, early = await self._begin(request, "status")
         if job is None:
             return early or _request_not_found()
@@ -172,7 +176,8 @@ class FalSimulator:
             body.update(status="IN_PROGRESS", logs=self._logs(job, now) if with_logs else [])
         else:
             code = 200
-            end = job.terminal_at() or now
+            terminal_at = job.terminal_at()
+            end = now if terminal_at is None else terminal_at
             body.update(
                 status="COMPLETED",
                 logs=self._logs(job, now) if with_logs else None,
@@ -185,6 +190,7 @@ class FalSimulator:
         return json_response(body, code, {"x-fal-request-id": job.id})
 
     async def result(self, request: Request) -> Response:
+        """GET .../requests/{id}: the model's answer (v4Output, or its 422/500), 400 if not done yet."""
         job, early = await self._begin(request, "result")
         if job is None:
             return early or _request_not_found()
@@ -206,6 +212,7 @@ class FalSimulator:
         return json_response(await self._output(request, job), 200, headers)
 
     async def cancel(self, request: Request) -> Response:
+        """PUT .../requests/{id}/cancel: 202 CANCELLATION_REQUESTED, 400 ALREADY_COMPLETED, 404 NOT_FOUND."""
         job, early = await self._begin(request, "cancel")
         if job is None:
             return early or json_response({"status": "NOT_FOUND"}, self.conventions.not_found_status)
@@ -218,6 +225,7 @@ class FalSimulator:
         return json_response({"status": "CANCELLATION_REQUESTED"}, 202, headers)
 
     async def file(self, request: Request) -> Response:
+        """GET /files/{id}/{index}.{ext}: a completed job's image, rendered on first request."""
         self.control.count("file")
         fault = self.control.faults.take("file")
         if fault is not None:

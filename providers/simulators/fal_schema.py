@@ -8,21 +8,25 @@ Unknown fields are ignored, as pydantic models do by default.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from providers.simulators.inputs import DataImage, DataUriError, decode_data_uri
 from providers.simulators.jobs import OutputSpec
 
 # fal's named sizes [DOC docs.fal.ai model-arguments].
-PRESET_SIZES: dict[str, tuple[int, int]] = {
-    "square_hd": (1024, 1024),
-    "square": (512, 512),
-    "portrait_4_3": (768, 1024),
-    "portrait_16_9": (576, 1024),
-    "landscape_4_3": (1024, 768),
-    "landscape_16_9": (1024, 576),
-}
+PRESET_SIZES: Mapping[str, tuple[int, int]] = MappingProxyType(
+    {
+        "square_hd": (1024, 1024),
+        "square": (512, 512),
+        "portrait_4_3": (768, 1024),
+        "portrait_16_9": (576, 1024),
+        "landscape_4_3": (1024, 768),
+        "landscape_16_9": (1024, 576),
+    }
+)
 OUTPUT_FORMATS = ("jpeg", "png", "webp")
 DEFAULT_T2I_SIZE = "landscape_4_3"
 # fal's generic ImageSize defaults a missing side to 512 [3P copies of fal OpenAPI].

@@ -26,12 +26,13 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 # Encoder names Pillow uses, keyed by every file extension / format name the providers use.
-PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
+PIL_FORMATS = MappingProxyType({"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"})
+CONTENT_TYPES = MappingProxyType({"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"})
 # Input pixels that cannot be decoded (truncated data that passed the header check) render as this grey.
 UNREADABLE_INPUT_FILL = (128, 128, 128)
 

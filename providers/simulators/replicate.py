@@ -23,7 +23,9 @@ import hmac
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -58,10 +60,10 @@ class ReplicateConventions:
     """Replicate details the research could not confirm (provider-apis.md §3, §5.3), kept in one place."""
 
     # Model → the version id its predictions report (the version page the research read).
-    models: dict[str, str] = field(
-        default_factory=lambda: {
-            "black-forest-labs/flux-2-klein-4b": "8e9c42d77b10a2a41af823ac4500f7545be6ebc4e745830fc3f3de10de200542"
-        }
+    models: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType(
+            {"black-forest-labs/flux-2-klein-4b": "8e9c42d77b10a2a41af823ac4500f7545be6ebc4e745830fc3f3de10de200542"}
+        )
     )
     schema: KleinSchema = field(default_factory=KleinSchema)
     create_status: int = 201  # UNCONFIRMED (3P example shows 201)
@@ -125,6 +127,7 @@ class ReplicateSimulator:
     # --- handlers -------------------------------------------------------------------------------------
 
     async def create(self, request: Request) -> Response:
+        """POST .../predictions: validate, start a prediction, and honour `Prefer: wait`."""
         self.control.count("create")
         if (denied := self._deny(request)) is not None:
             return denied
@@ -171,12 +174,14 @@ class ReplicateSimulator:
         return json_response(prediction, self.conventions.create_status, {"location": prediction["urls"]["get"]})
 
     async def get(self, request: Request) -> Response:
+        """GET /v1/predictions/{id}: the prediction as of now."""
         job, early = await self._begin(request, "get")
         if job is None:
             return early or _not_found()
         return json_response(self._prediction(request, job))
 
     async def cancel(self, request: Request) -> Response:
+        """POST /v1/predictions/{id}/cancel: the prediction, canceled unless it had already finished."""
         job, early = await self._begin(request, "cancel")
         if job is None:
             return early or _not_found()
@@ -186,6 +191,7 @@ class ReplicateSimulator:
         return json_response(self._prediction(request, job))
 
     async def file(self, request: Request) -> Response:
+        """GET /files/{id}/0.{ext}: a succeeded prediction's image, rendered on first request."""
         self.control.count("file")
         fault = self.control.faults.take("file")
         if fault is not None:

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from providers.simulators.inputs import DataImage, DataUriError, decode_data_uri
 from providers.simulators.jobs import OutputSpec
 
 MATCH_INPUT_IMAGE = "match_input_image"
-_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+_JSON_TYPES: Mapping[type, str] = MappingProxyType(
+    {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import fal_client
@@ -24,11 +25,29 @@ EDIT = "fal-ai/flux-2/klein/4b/edit"
 
 
 @pytest.fixture
-def fal(tls: TlsSimulators, monkeypatch: pytest.MonkeyPatch) -> fal_client.SyncClient:
-    """A fal_client SyncClient whose queue host is the simulator."""
+def fal_clients(
+    tls: TlsSimulators, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str], fal_client.SyncClient]]:
+    """Make fal_client SyncClients (by key) whose queue host is the simulator; closes them afterwards."""
     monkeypatch.setattr(fal_client.client, "QUEUE_URL_FORMAT", f"{tls.sims.fal_url}/")
     monkeypatch.setattr(fal_client.client, "RUN_URL_FORMAT", f"{tls.sims.fal_url}/")
-    return fal_client.SyncClient(key=tls.sims.fal_key)
+    made: list[fal_client.SyncClient] = []
+
+    def make(key: str) -> fal_client.SyncClient:
+        made.append(fal_client.SyncClient(key=key))
+        return made[-1]
+
+    yield make
+    for client in made:
+        # SyncClient has no close(); its httpx client is a cached property, created on first use.
+        if "_client" in vars(client):
+            client._client.close()
+
+
+@pytest.fixture
+def fal(tls: TlsSimulators, fal_clients: Callable[[str], fal_client.SyncClient]) -> fal_client.SyncClient:
+    """A fal_client SyncClient with the simulator's key."""
+    return fal_clients(tls.sims.fal_key)
 
 
 @pytest.fixture
@@ -106,8 +125,8 @@ def test_validation_error_raises_from_the_result(fal: fal_client.SyncClient) -> 
     assert raised.value.message[0]["loc"] == ["body", "num_images"]  # FastAPI-style detail list
 
 
-def test_bad_key_raises(tls: TlsSimulators, fal: fal_client.SyncClient) -> None:
-    wrong = fal_client.SyncClient(key="definitely-wrong")
+def test_bad_key_raises(fal_clients: Callable[[str], fal_client.SyncClient]) -> None:
+    wrong = fal_clients("definitely-wrong")
     with pytest.raises(fal_client.client.FalClientHTTPError) as raised:
         wrong.submit(T2I, arguments={"prompt": "x"})
     assert raised.value.status_code == 401
@@ -135,5 +154,9 @@ def test_sdk_retries_ingress_503_and_429(fal: fal_client.SyncClient, control: An
 async def test_async_client_subscribe(tls: TlsSimulators, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fal_client.client, "QUEUE_URL_FORMAT", f"{tls.sims.fal_url}/")
     client = fal_client.AsyncClient(key=tls.sims.fal_key)
-    result = await client.subscribe(T2I, arguments={"prompt": "async", "image_size": "square"}, interval=0.01)
+    try:
+        result = await client.subscribe(T2I, arguments={"prompt": "async", "image_size": "square"}, interval=0.01)
+    finally:
+        # AsyncClient has no aclose(); its httpx client is an awaitable cached property.
+        await (await client._client).aclose()
     assert (result["images"][0]["width"], result["images"][0]["height"]) == (512, 512)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -23,10 +24,25 @@ MODEL = "black-forest-labs/flux-2-klein-4b"
 
 
 @pytest.fixture
-def client(tls: TlsSimulators, monkeypatch: pytest.MonkeyPatch) -> replicate.Client:
-    """An SDK client pointed at the simulator; polls every 20 ms instead of 500 ms to keep tests quick."""
+def clients(tls: TlsSimulators, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], replicate.Client]]:
+    """Make SDK clients (by token) for the simulator; they poll every 20 ms instead of 500 ms."""
     monkeypatch.setenv("REPLICATE_POLL_INTERVAL", "0.02")
-    return replicate.Client(api_token=tls.sims.replicate_key, base_url=tls.sims.replicate_url)
+    transports: list[httpx.HTTPTransport] = []
+
+    def make(token: str) -> replicate.Client:
+        # Our own transport (the SDK wraps it in its retry logic), so the test can close what it opened.
+        transports.append(httpx.HTTPTransport(verify=tls.ssl_context))
+        return replicate.Client(api_token=token, base_url=tls.sims.replicate_url, transport=transports[-1])
+
+    yield make
+    for transport in transports:
+        transport.close()
+
+
+@pytest.fixture
+def client(tls: TlsSimulators, clients: Callable[[str], replicate.Client]) -> replicate.Client:
+    """An SDK client with the simulator's token."""
+    return clients(tls.sims.replicate_key)
 
 
 @pytest.fixture
@@ -84,8 +100,8 @@ def test_cancel(client: replicate.Client, control: Any, tls: TlsSimulators, tls_
     assert stats(tls, tls_http)["cancels"] == 1
 
 
-def test_bad_token_raises_replicate_error(tls: TlsSimulators) -> None:
-    bad = replicate.Client(api_token="not-the-token", base_url=tls.sims.replicate_url)
+def test_bad_token_raises_replicate_error(clients: Callable[[str], replicate.Client]) -> None:
+    bad = clients("not-the-token")
     with pytest.raises(ReplicateError) as raised:
         bad.run(MODEL, input={"prompt": "x"})
     assert raised.value.status == 401
