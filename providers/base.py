@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Self
 
 if TYPE_CHECKING:
     from gateway.catalog import Deployment
@@ -43,13 +43,13 @@ class ProviderAdapter(abc.ABC):
 
     @abc.abstractmethod
     async def cancel(self, job: ProviderJob) -> None:
-        """Best-effort cancel of a provider job; never raises for an already-finished job."""
+        """Cancel a provider job; a no-op for a finished or unknown job, a `ProviderError` for other failures."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Close the shared HTTP client."""
 
-    async def __aenter__(self) -> ProviderAdapter:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

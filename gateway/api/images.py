@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.responses import Response
 
+from gateway.catalog import ModelRef
 from gateway.dispatch import Served
 from gateway.exceptions import InvalidRequest, ModelNotFound
 from gateway.pricing import format_usd
@@ -79,7 +80,7 @@ async def edit_image(request: Request, svc: Annotated[Services, Depends(authenti
     return await _serve(svc, request, params, Mode.EDIT, images, has_mask)
 
 
-def _resolve(svc: Services, params: ImageParams) -> Any:
+def _resolve(svc: Services, params: ImageParams) -> ModelRef:
     ref = svc.catalog.resolve(params.model)
     if ref is None:
         known = ", ".join(m.id for m in svc.catalog.models)
