@@ -25,7 +25,7 @@ def _close(a: tuple[int, ...], b: tuple[int, ...], tolerance: int = 12) -> bool:
     return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize("model", ["flux.2-klein-4b", "fal/flux.2-klein-4b"])
+@pytest.mark.parametrize("model", ["flux.2-klein-4b", "fal/flux.2-klein-4b", "fal/flux.2-klein-4b-edit"])
 @pytest.mark.parametrize("count", [1, 4])
 def test_edit_with_every_image_arriving(
     client: OpenAI, sims: Simulators, usage: UsageLog, model: str, count: int
