@@ -17,7 +17,7 @@ from gateway.catalog import Catalog
 from gateway.dispatch import Dispatcher
 from gateway.image_fetch import ImageFetcher
 from gateway.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from gateway.routing import CostRouter
+from gateway.routing.candidates import CostRouter
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.usage import UsageMeter

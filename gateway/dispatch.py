@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.exceptions import DeadlineExceeded, GatewayError, ProviderUnavailable
-from gateway.routing import Candidate
+from gateway.routing.candidates import Candidate
 from gateway.types import ImageRequest, ProviderJob, ProviderResult
 from gateway.usage import UsageEvent, UsageMeter
 from providers.base import ProviderAdapter

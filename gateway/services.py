@@ -11,7 +11,7 @@ from gateway.auth import KeyVerifier
 from gateway.catalog import Catalog
 from gateway.dispatch import Dispatcher
 from gateway.image_fetch import ImageFetcher
-from gateway.routing import CostRouter
+from gateway.routing.candidates import CostRouter
 from gateway.settings import Settings
 
 

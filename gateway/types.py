@@ -6,6 +6,7 @@ Everything here is a frozen dataclass: built once at the HTTP edge (or by an ada
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,3 +109,32 @@ class ProviderResult:
     seed: int | None = None
     # Provider-reported timings/metrics, for logs and (later) the latency model. Never used for billing.
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class CancelOutcome(enum.StrEnum):
+    """What a provider said when asked to cancel a job."""
+
+    CANCELLED = "cancelled"  # stopped before it produced (and billed) anything
+    ALREADY_FINISHED = "already_finished"  # it completed first: the provider bills it
+    NOT_FOUND = "not_found"  # the provider does not know the job (expired or never started)
+    FAILED = "failed"  # the cancel itself failed; the job may still run and bill
+
+
+@dataclass(frozen=True, slots=True)
+class JobStarted:
+    """Trace event: the provider accepted a job (its handle is now known)."""
+
+    job: ProviderJob
+
+
+@dataclass(frozen=True, slots=True)
+class JobCancelled:
+    """Trace event: the adapter asked the provider to cancel a job, with the provider's answer."""
+
+    job: ProviderJob
+    outcome: CancelOutcome
+
+
+TraceEvent = JobStarted | JobCancelled
+# Like httpx's `trace` extension: adapters report provider-side events to whoever dispatched the attempt.
+Trace = Callable[[TraceEvent], None]

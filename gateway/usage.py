@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from gateway.types import ImageRequest, ProviderJob
 
 if TYPE_CHECKING:
-    from gateway.routing import Candidate
+    from gateway.routing.candidates import Candidate
 
 log = logging.getLogger("gateway.usage")
 

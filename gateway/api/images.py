@@ -18,7 +18,7 @@ from gateway.catalog import ModelRef
 from gateway.dispatch import Served
 from gateway.exceptions import InvalidRequest, ModelNotFound
 from gateway.pricing import format_usd
-from gateway.routing import eligible_candidates
+from gateway.routing.candidates import eligible_candidates
 from gateway.services import Services, authenticated
 from gateway.types import ImageRequest, InputImage, Mode
 from gateway.validation import ImageParams, build_request, decode_images, parse_params

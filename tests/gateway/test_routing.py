@@ -2,7 +2,7 @@ import pytest
 
 from gateway.catalog import Catalog
 from gateway.exceptions import InvalidRequest
-from gateway.routing import CostRouter, eligible_candidates
+from gateway.routing.candidates import CostRouter, eligible_candidates
 from gateway.settings import PROJECT_ROOT
 from gateway.types import ImageFormat, ImageRequest, InputImage, Mode
 
