@@ -10,20 +10,23 @@ import httpx
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from gateway.api import health, images, models
+from gateway.api import health, images, models, providers
 from gateway.api.errors import install_error_handlers
 from gateway.auth import KeyVerifier
 from gateway.catalog import Catalog
 from gateway.dispatch import Dispatcher
+from gateway.health_store import HealthStore
 from gateway.image_fetch import ImageFetcher
-from gateway.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from gateway.routing.candidates import CostRouter
+from gateway.middleware import BodySizeLimitMiddleware, CancelOnDisconnectMiddleware, RequestIdMiddleware
+from gateway.routing.policy import Router
+from gateway.routing.retry_budget import RetryBudget
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.usage import UsageMeter
 from providers import ProviderAdapter, adapter_class
 
 log = logging.getLogger("gateway")
+IMAGE_PATHS = ("/v1/images/generations", "/v1/images/edits")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -56,12 +59,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             settings.max_output_image_bytes,
         )
+        health = HealthStore(redis, settings.breaker_policy(), cache_ttl_s=settings.health_cache_ttl_s)
+        budget = RetryBudget(ratio=settings.retry_budget_ratio, min_retries=settings.retry_budget_min)
         app.state.services = Services(
             settings=settings,
             catalog=catalog,
             keys=keys,
-            router=CostRouter(),
-            dispatcher=Dispatcher(adapters, UsageMeter(redis)),
+            router=Router(),
+            health=health,
+            dispatcher=Dispatcher(adapters, UsageMeter(redis), health, budget),
             fetcher=fetcher,
             redis=redis,
         )
@@ -84,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(images.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(providers.router)
 
     def body_limit(path: str) -> int:
         return (
@@ -92,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else settings.max_json_body_bytes
         )
 
+    app.add_middleware(CancelOnDisconnectMiddleware, paths=frozenset(IMAGE_PATHS))
     app.add_middleware(BodySizeLimitMiddleware, limit_for_path=body_limit)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -9,7 +9,7 @@ A requested model may be a canonical id, an alias, a deployment key (`fal/flux.2
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.pricing import InputBilling, OutputBasis, PricingRule, Rounding, parse_usd_micros
+from gateway.routing.config import HedgeConfig, Policy, RoutingConfig
 from gateway.sizes import FreeSizes, SizeCapability, SizeOption, TableSizes
 from gateway.types import Mode
 
@@ -59,6 +60,7 @@ class Model:
     limits: Limits
     default_size: tuple[int, int]
     deployments: tuple[Deployment, ...]
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
     def deployments_for(self, mode: Mode, provider: str | None = None) -> tuple[Deployment, ...]:
         return tuple(d for d in self.deployments if mode in d.modes and (provider is None or d.provider == provider))
@@ -242,6 +244,28 @@ class LimitsSpec(BaseModel):
     supports_mask: bool = False
 
 
+class HedgeSpec(BaseModel):
+    model_config = _Strict
+    enabled: bool = False
+    delay_s: float | None = Field(default=None, gt=0)  # None: the first candidate's p95 latency
+
+
+class RoutingSpec(BaseModel):
+    model_config = _Strict
+    policy: Policy = Policy.COST
+    balance_usd_per_s: UsdAmount = "0.001"
+    latency_prior_s_per_mp: float = Field(default=5.0, gt=0)
+    hedge: HedgeSpec = HedgeSpec()
+
+    def build(self) -> RoutingConfig:
+        return RoutingConfig(
+            policy=self.policy,
+            balance_micros_per_s=parse_usd_micros(self.balance_usd_per_s),
+            latency_prior_s_per_mp=self.latency_prior_s_per_mp,
+            hedge=HedgeConfig(self.hedge.enabled, self.hedge.delay_s),
+        )
+
+
 class ModelSpec(BaseModel):
     model_config = _Strict
     id: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
@@ -252,6 +276,7 @@ class ModelSpec(BaseModel):
     modes: list[Mode] = Field(min_length=1)
     default_size: str = Field(default="1024x1024", pattern=r"^\d+x\d+$")
     limits: LimitsSpec
+    routing: RoutingSpec = RoutingSpec()
     deployments: list[DeploymentSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -294,6 +319,7 @@ class ModelSpec(BaseModel):
             ),
             default_size=_size(self.default_size),
             deployments=deployments,
+            routing=self.routing.build(),
         )
 
 

@@ -1,76 +1,371 @@
-"""Execute a routed request: attempts at provider adapters within one deadline, each attempt metered.
+"""Execute a route plan: attempts in order within one deadline, failover, hedging, and nothing orphaned.
 
-The router decides the order; dispatch runs it. Today one attempt is made (the first candidate); the
-failover issue extends `Dispatcher.dispatch` to walk the rest. Cancelling the awaiting task (deadline,
-client gone) reaches the adapter, which cancels the provider job before the cancellation propagates.
+- Each attempt gets a share of the time left (`remaining / candidates left`; the last gets all of it), so
+  a provider stuck in its queue is abandoned while the next one still has time.
+- A retryable failure moves on to the next candidate, if the retry budget allows; invalid input, content
+  refusals and auth failures stop at once (auth also ejects the deployment).
+- Hedging starts the next candidate when the first is slow; the first success wins.
+- Every abandoned attempt is cancelled at the provider (cancelling the task reaches the adapter), and
+  every attempt is metered once: served, wasted (the provider finished it anyway), failed or cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
 
-from gateway.exceptions import DeadlineExceeded, GatewayError, ProviderUnavailable
-from gateway.routing.candidates import Candidate
-from gateway.types import ImageRequest, ProviderJob, ProviderResult
+from gateway.exceptions import (
+    DeadlineExceeded,
+    GatewayError,
+    InvalidRequest,
+    NoHealthyDeployment,
+    ProviderAuthError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RetryableProviderError,
+)
+from gateway.health_store import HealthStore
+from gateway.routing.config import HedgeConfig
+from gateway.routing.health import Admission, AttemptOutcome
+from gateway.routing.policy import RankedCandidate, RoutePlan, output_megapixels
+from gateway.routing.retry_budget import RetryBudget
+from gateway.types import CancelOutcome, ImageRequest, JobCancelled, JobStarted, ProviderJob, ProviderResult, TraceEvent
 from gateway.usage import UsageEvent, UsageMeter
 from providers.base import ProviderAdapter
+
+log = logging.getLogger("gateway.dispatch")
+
+MIN_ATTEMPT_S = 0.05  # less time than this left: starting another attempt is pointless
+CANCEL_GRACE_S = 3.0  # how long to wait for abandoned attempts to finish cancelling upstream
 
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One try at one deployment and how it ended (`ok` or an error code)."""
+    """One try at one deployment and how it ended (`ok` or an error code), for headers and logs."""
 
     deployment_key: str
     outcome: str
     elapsed_s: float
-    jobs: tuple[ProviderJob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """A successful dispatch: who served it, what came back, and every attempt made."""
+    """A successful dispatch: the winning candidate, its result, and every attempt made."""
 
-    candidate: Candidate
+    ranked: RankedCandidate
     result: ProviderResult
     attempts: tuple[Attempt, ...]
 
 
-class Dispatcher:
-    """Runs candidates against their adapters under a deadline and meters every attempt."""
+@dataclass(eq=False)
+class _Run:
+    """The mutable record of one attempt while it runs; its trace callback collects provider jobs."""
 
-    def __init__(self, adapters: Mapping[str, ProviderAdapter], meter: UsageMeter) -> None:
+    ranked: RankedCandidate
+    started: float
+    probe: bool
+    holds_retry: bool
+    outcome: str = "pending"
+    elapsed_s: float = 0.0
+    completed: bool = False  # the provider delivered a result (even if another attempt won)
+    jobs: dict[str, ProviderJob] = field(default_factory=dict)
+    cancels: dict[str, CancelOutcome] = field(default_factory=dict)
+    metered: bool = False
+    late: list[JobCancelled] = field(default_factory=list)
+
+    def trace(self, event: TraceEvent) -> None:
+        if isinstance(event, JobStarted):
+            self.jobs[event.job.job_id] = event.job
+        elif isinstance(event, JobCancelled):
+            self.cancels[event.job.job_id] = event.outcome
+            if self.metered:
+                self.late.append(event)
+
+    def finish(self, outcome: str, now: float) -> None:
+        self.outcome = outcome
+        self.elapsed_s = now - self.started
+
+    def public(self) -> Attempt:
+        return Attempt(self.ranked.key, self.outcome, self.elapsed_s)
+
+
+class Dispatcher:
+    """Runs a `RoutePlan` against the provider adapters; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        adapters: Mapping[str, ProviderAdapter],
+        meter: UsageMeter,
+        health: HealthStore,
+        budget: RetryBudget,
+    ) -> None:
         self._adapters = adapters
         self._meter = meter
+        self._health = health
+        self._budget = budget
+        self._background: set[asyncio.Task[None]] = set()
 
-    async def dispatch(self, request: ImageRequest, candidates: list[Candidate], deadline: float) -> Served:
-        """Serve `request` from the first candidate; `deadline` is in `asyncio` loop time."""
-        candidate = candidates[0]
-        deployment = candidate.deployment
+    async def dispatch(
+        self, request: ImageRequest, plan: RoutePlan, deadline: float, hedge: HedgeConfig | None = None
+    ) -> Served:
+        """Serve `request` following `plan`; `deadline` is in event-loop time."""
+        if not plan.ranked:
+            raise nothing_to_try(plan)
+        loop = asyncio.get_running_loop()
+        queue = deque(plan.ranked)
+        running: dict[asyncio.Task[ProviderResult], _Run] = {}
+        runs: list[_Run] = []
+        errors: list[GatewayError] = []
+        winner: _Run | None = None
+        winning_result: ProviderResult | None = None
+        budget_exhausted = False
+        hedged = False
+        with self._budget.request():
+            try:
+                while True:
+                    if not running:
+                        started = await self._start_next(queue, running, runs, request, deadline)
+                        if started is None:
+                            break
+                        if not started:
+                            budget_exhausted = True
+                            break
+                    hedge_at = None if hedged else self._hedge_time(hedge, running, queue, loop.time())
+                    wake = min(deadline, hedge_at) if hedge_at is not None else deadline
+                    done, _ = await asyncio.wait(
+                        running, timeout=max(0.0, wake - loop.time()), return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if not done:
+                        if loop.time() >= deadline:
+                            break
+                        hedged = True  # at most one hedge per request, started or refused
+                        await self._start_next(queue, running, runs, request, deadline, hedging=True)
+                        continue
+                    for task in done:
+                        run = running.pop(task)
+                        result = await self._settle(run, task, errors, loop.time())
+                        if result is not None:
+                            winner, winning_result = run, result
+                            break
+                    if winner is not None:
+                        break
+            finally:
+                await self._abandon(running, loop.time())
+                for run in runs:
+                    if run.holds_retry:
+                        self._budget.release_retry()
+                await asyncio.shield(self._meter_runs(request, runs, winner))
+        if winner is not None and winning_result is not None:
+            return Served(winner.ranked, winning_result, tuple(r.public() for r in runs))
+        raise _final_error(errors, runs, loop.time() >= deadline - MIN_ATTEMPT_S, budget_exhausted)
+
+    async def _start_next(
+        self,
+        queue: deque[RankedCandidate],
+        running: dict[asyncio.Task[ProviderResult], _Run],
+        runs: list[_Run],
+        request: ImageRequest,
+        deadline: float,
+        *,
+        hedging: bool = False,
+    ) -> bool | None:
+        """Start the next admissible candidate. None: none left (or no time); False: retry budget spent."""
+        loop = asyncio.get_running_loop()
+        while queue:
+            remaining = deadline - loop.time()
+            if remaining < MIN_ATTEMPT_S:
+                return None
+            ranked = queue.popleft()
+            probe = ranked.admission is Admission.PROBE
+            if probe and not await self._health.acquire_probe(ranked.key):
+                continue  # half-open and its probe slots are taken: leave it to the probes in flight
+            retry = bool(runs)
+            if retry and not self._budget.try_retry():
+                if probe:
+                    await self._health.release_probe(ranked.key)
+                return False
+            # A share of the time left, so a stuck provider is abandoned while the next still has time.
+            share = remaining if hedging else remaining / (1 + len(queue))
+            run = _Run(ranked, loop.time(), probe, retry)
+            task = asyncio.create_task(self._attempt(run, request, loop.time() + share))
+            running[task] = run
+            runs.append(run)
+            return True
+        return None
+
+    async def _attempt(self, run: _Run, request: ImageRequest, attempt_deadline: float) -> ProviderResult:
+        deployment = run.ranked.candidate.deployment
         adapter = self._adapters[deployment.provider]
-        started = time.monotonic()
         try:
-            async with asyncio.timeout_at(deadline):
-                result = await adapter.generate(deployment, request)
-            _check_result(request, result, deployment.provider)
+            async with asyncio.timeout_at(attempt_deadline):
+                result = await adapter.generate(deployment, request, trace=run.trace, deadline=attempt_deadline)
         except TimeoutError:
-            attempt = Attempt(deployment.key, "deadline_exceeded", time.monotonic() - started)
-            await self._meter.record(UsageEvent.for_attempt(request, candidate, attempt.outcome, attempt.elapsed_s))
-            raise DeadlineExceeded(
-                "No image arrived before the request deadline; the provider job was cancelled. "
-                "Retry, or ask for fewer or smaller images."
+            share = attempt_deadline - run.started
+            raise ProviderTimeout(
+                f"{deployment.key} gave no result within its {share:.1f} s share of the deadline",
+                provider=deployment.provider,
             ) from None
-        except GatewayError as exc:
-            attempt = Attempt(deployment.key, exc.code or "error", time.monotonic() - started)
-            await self._meter.record(UsageEvent.for_attempt(request, candidate, attempt.outcome, attempt.elapsed_s))
+        run.completed = True
+        _check_result(request, result, deployment.provider)
+        return result
+
+    async def _settle(
+        self, run: _Run, task: asyncio.Task[ProviderResult], errors: list[GatewayError], now: float
+    ) -> ProviderResult | None:
+        """Record a finished attempt's outcome; return its result on success, raise if dispatch must stop."""
+        key = run.ranked.key
+        try:
+            result = task.result()
+        except RetryableProviderError as exc:
+            run.finish(exc.code or "error", now)
+            errors.append(exc)
+            limited = isinstance(exc, ProviderRateLimited)
+            outcome = AttemptOutcome.RATE_LIMITED if limited else AttemptOutcome.FAILURE
+            await self._health.record(key, outcome, retry_after_s=exc.retry_after, probe=run.probe)
+            log.warning("attempt at %s failed (%s), failing over: %s", key, exc.code, exc.message)
+            return None
+        except ProviderAuthError as exc:
+            run.finish(exc.code or "error", now)
+            await self._health.record(key, AttemptOutcome.AUTH_FAILURE, probe=run.probe)
             raise
-        attempt = Attempt(deployment.key, "ok", time.monotonic() - started, result.jobs)
-        await self._meter.record(
-            UsageEvent.for_attempt(request, candidate, "ok", attempt.elapsed_s, result.jobs, billed=True)
+        except GatewayError as exc:
+            # The provider judged the input (refused it, or its content): it is healthy, and another
+            # provider would judge the same input the same way, so there is no failover.
+            run.finish(exc.code or "error", now)
+            await self._health.record(key, AttemptOutcome.SUCCESS, probe=run.probe)
+            raise
+        run.finish("ok", now)
+        mp = output_megapixels(run.ranked.candidate)
+        await self._health.record(key, AttemptOutcome.SUCCESS, elapsed_s=run.elapsed_s, megapixels=mp, probe=run.probe)
+        return result
+
+    @staticmethod
+    def _hedge_time(
+        hedge: HedgeConfig | None,
+        running: dict[asyncio.Task[ProviderResult], _Run],
+        queue: deque[RankedCandidate],
+        now: float,
+    ) -> float | None:
+        """When to start a hedge: only with one attempt in flight and another candidate waiting."""
+        if hedge is None or not hedge.enabled or len(running) != 1 or not queue:
+            return None
+        (run,) = running.values()
+        delay = hedge.delay_s if hedge.delay_s is not None else run.ranked.p95_latency_s
+        if delay is None:
+            return None  # no p95 measured yet: nothing to base a hedge on
+        return max(now, run.started + delay)
+
+    async def _abandon(self, running: dict[asyncio.Task[ProviderResult], _Run], now: float) -> None:
+        """Cancel attempts still in flight; their adapters cancel the provider jobs before finishing."""
+        if not running:
+            return
+        for task, run in running.items():
+            task.cancel()
+            run.finish("cancelled", now)
+        # Shielded and bounded: a client that went away must not stop us from cleaning up upstream.
+        await asyncio.shield(asyncio.wait(set(running), timeout=CANCEL_GRACE_S))
+        for task, run in running.items():
+            if task.done() and not task.cancelled() and task.exception() is None:
+                run.completed = True  # it delivered just as we gave up on it: the provider bills it
+
+    async def _meter_runs(self, request: ImageRequest, runs: list[_Run], winner: _Run | None) -> None:
+        for run in runs:
+            await self._meter.record(_usage_event(request, run, winner))
+            run.metered = True
+            if run.late:  # pragma: no cover - depends on provider timing
+                self._spawn(self._meter_late(request, run))
+
+    async def _meter_late(self, request: ImageRequest, run: _Run) -> None:
+        """A cancel outcome that arrived after the attempt was metered (a create that was still in flight)."""
+        for event in run.late:
+            if event.outcome in (CancelOutcome.ALREADY_FINISHED, CancelOutcome.FAILED):
+                cost = math.ceil(run.ranked.candidate.usage.cost_micros / max(len(run.jobs), 1))
+                event_record = UsageEvent.for_attempt(
+                    request,
+                    run.ranked.candidate,
+                    "late_cancel",
+                    0.0,
+                    (event.job,),
+                    disposition="wasted",
+                    cost_micros=cost,
+                )
+                await self._meter.record(event_record)
+        run.late.clear()
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _usage_event(request: ImageRequest, run: _Run, winner: _Run | None) -> UsageEvent:
+    """One usage event per attempt: what the provider may bill for it, and whether the team got it."""
+    candidate = run.ranked.candidate
+    cost = candidate.usage.cost_micros
+    jobs = tuple(run.jobs.values())
+    if run is winner:
+        disposition, spent = "served", cost
+    elif run.completed:
+        disposition, spent = "wasted", cost  # it finished, but another attempt was served
+    elif (finished := sum(o is CancelOutcome.ALREADY_FINISHED for o in run.cancels.values())) > 0:
+        disposition, spent = "wasted", math.ceil(cost * finished / max(len(jobs), 1))
+    elif any(o is CancelOutcome.FAILED for o in run.cancels.values()) or set(run.jobs) - set(run.cancels):
+        # A job we could not confirm stopped (cancel failed, or we never heard back): it may still bill.
+        disposition, spent = ("unconfirmed", cost) if run.outcome == "cancelled" else ("failed", 0)
+    else:
+        disposition, spent = ("cancelled", 0) if run.outcome == "cancelled" else ("failed", 0)
+    return UsageEvent.for_attempt(
+        request, candidate, run.outcome, run.elapsed_s, jobs, disposition=disposition, cost_micros=spent
+    )
+
+
+def nothing_to_try(plan: RoutePlan) -> GatewayError:
+    reasons = {e.reason for e in plan.excluded}
+    if reasons == {"over_max_price"}:
+        return InvalidRequest(
+            "No deployment can serve this request within 'provider.max_price'; raise it or ask for a smaller image.",
+            param="provider.max_price",
         )
-        return Served(candidate, result, (attempt,))
+    if "unhealthy" in reasons:
+        retry_at = [e.retry_at for e in plan.excluded if e.retry_at]
+        return NoHealthyDeployment(
+            "Every provider that can serve this request is unhealthy right now; retry shortly.",
+            retry_after=max(1.0, min(retry_at) - time.time()) if retry_at else None,
+        )
+    return InvalidRequest(
+        "No deployment matches 'provider.order' and fallbacks are off; name a provider that serves this model.",
+        param="provider.order",
+    )
+
+
+def _final_error(
+    errors: list[GatewayError], runs: list[_Run], out_of_time: bool, budget_exhausted: bool
+) -> GatewayError:
+    tried = ", ".join(f"{r.ranked.key}: {r.outcome}" for r in runs)
+    if out_of_time and (not errors or isinstance(errors[-1], ProviderTimeout)):
+        return DeadlineExceeded(
+            f"No image arrived before the request deadline ({tried or 'no attempt started'}); the provider jobs "
+            "were cancelled. Retry, or allow more time with the x-gateway-timeout header."
+        )
+    if not errors:
+        return NoHealthyDeployment("No provider could take this request now (half-open breakers are probing); retry.")
+    last = errors[-1]
+    suffix = " The retry budget is spent, so the gateway did not fail over further." if budget_exhausted else ""
+    message = f"All providers failed ({tried}). Last error: {last.message}{suffix}"
+    if isinstance(last, ProviderRateLimited):
+        return ProviderRateLimited(message, retry_after=last.retry_after)
+    if isinstance(last, ProviderTimeout):
+        return ProviderTimeout(message)
+    if isinstance(last, ProviderError):
+        return ProviderUnavailable(message)
+    return last
 
 
 def _check_result(request: ImageRequest, result: ProviderResult, provider: str) -> None:

@@ -10,6 +10,7 @@ nothing provider-specific (status codes, bodies, keys) travels past it. The API 
     ├── AuthenticationFailed       401 authentication_error    missing or unknown gateway key
     ├── ModelNotFound              404 invalid_request_error   code model_not_found
     ├── DeadlineExceeded           504 timeout_error           the request's deadline ran out
+    ├── NoHealthyDeployment        503 server_error            every deployment is ejected (carries retry_after)
     └── ProviderError              a provider failed (raised by adapters only)
         ├── RetryableProviderError      502   another attempt, elsewhere or later, may succeed
         │   ├── ProviderUnavailable     502   connect error, 5xx, malformed or unexpected response
@@ -31,6 +32,7 @@ class GatewayError(Exception):
     status_code: int = 500
     error_type: str = "server_error"
     code: str | None = None
+    retry_after: float | None = None  # seconds; sent as `retry-after` when set
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -70,6 +72,16 @@ class DeadlineExceeded(GatewayError):
     status_code = 504
     error_type = "timeout_error"
     code = "deadline_exceeded"
+
+
+class NoHealthyDeployment(GatewayError):
+    status_code = 503
+    error_type = "server_error"
+    code = "no_healthy_deployment"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ProviderError(GatewayError):

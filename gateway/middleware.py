@@ -1,7 +1,8 @@
-"""Small pure-ASGI middleware: request ids and request body caps."""
+"""Small pure-ASGI middleware: request ids, request body caps, cancel-on-disconnect."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 
@@ -72,3 +73,53 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+class CancelOnDisconnectMiddleware:
+    """Cancels a request's handler when its client disconnects, so provider jobs are cancelled too.
+
+    Starlette keeps running a plain handler after the client is gone; image requests hold paid provider
+    work, so on `http.disconnect` the handler task is cancelled and the cancellation reaches the adapters.
+    """
+
+    def __init__(self, app: ASGIApp, paths: frozenset[str]) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        body_done = asyncio.Event()
+        disconnected = asyncio.Event()
+
+        async def app_receive() -> Message:
+            if body_done.is_set():
+                # Past its body the app only reads to learn of a disconnect: the watcher owns receive().
+                await disconnected.wait()
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected.set()
+            elif not message.get("more_body", False):
+                body_done.set()
+            return message
+
+        handler = asyncio.create_task(self.app(scope, app_receive, send))
+
+        async def watch() -> None:
+            await body_done.wait()
+            if (await receive())["type"] == "http.disconnect":
+                disconnected.set()
+                handler.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await handler
+        except asyncio.CancelledError:
+            if not disconnected.is_set():
+                handler.cancel()  # we were cancelled ourselves (shutdown): take the handler with us
+                raise
+            # The client is gone: there is no one to answer.
+        finally:
+            watcher.cancel()

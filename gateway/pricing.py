@@ -46,6 +46,7 @@ class Usage:
     output_megapixels: Fraction
     input_megapixels: Fraction
     cost_micros: int
+    output_pixels: int = 0  # pixels actually produced (all n images): what latency scales with
 
     @property
     def megapixels(self) -> Fraction:
@@ -90,7 +91,12 @@ class PricingRule:
                 input_mp *= request.n
 
         cost = output_mp * self.output_micros_per_mp + input_mp * self.input_micros_per_mp
-        return Usage(output_megapixels=output_mp, input_megapixels=input_mp, cost_micros=math.ceil(cost))
+        return Usage(
+            output_megapixels=output_mp,
+            input_megapixels=input_mp,
+            cost_micros=math.ceil(cost),
+            output_pixels=request.width * request.height * request.n,
+        )
 
 
 def format_usd(micros: int) -> str:

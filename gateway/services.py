@@ -10,8 +10,9 @@ from redis.asyncio import Redis
 from gateway.auth import KeyVerifier
 from gateway.catalog import Catalog
 from gateway.dispatch import Dispatcher
+from gateway.health_store import HealthStore
 from gateway.image_fetch import ImageFetcher
-from gateway.routing.candidates import CostRouter
+from gateway.routing.policy import Router
 from gateway.settings import Settings
 
 
@@ -22,7 +23,8 @@ class Services:
     settings: Settings
     catalog: Catalog
     keys: KeyVerifier
-    router: CostRouter
+    router: Router
+    health: HealthStore
     dispatcher: Dispatcher
     fetcher: ImageFetcher
     redis: Redis

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.routing.health import BreakerPolicy
 from providers.base import ProviderEndpoint
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -43,8 +44,25 @@ class Settings(BaseSettings):
     provider_max_poll_interval_s: float = 1.0
     provider_max_connections: int = 1000
 
-    # One deadline per request, from arrival to the last byte of the answer.
+    # One deadline per request, from arrival to the last byte of the answer. Clients may ask for another
+    # with the `x-gateway-timeout` header (seconds), capped at max_request_timeout_s.
     request_timeout_s: float = Field(default=120.0, gt=0)
+    max_request_timeout_s: float = Field(default=300.0, gt=0)
+
+    # Health: circuit breaker per deployment, shared by every instance through Redis.
+    breaker_consecutive_failures: int = Field(default=5, ge=1)
+    breaker_window_s: float = Field(default=60.0, gt=0)
+    breaker_min_requests: int = Field(default=20, ge=1)
+    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    breaker_open_s: float = Field(default=30.0, gt=0)
+    breaker_half_open_probes: int = Field(default=1, ge=1)
+    breaker_successes_to_close: int = Field(default=2, ge=1)
+    breaker_auth_open_s: float = Field(default=300.0, gt=0)
+    health_cache_ttl_s: float = Field(default=0.25, ge=0)
+
+    # Retry budget (per instance): failover retries in flight <= max(min, ratio * requests in flight).
+    retry_budget_ratio: float = Field(default=0.2, ge=0)
+    retry_budget_min: int = Field(default=3, ge=0)
 
     # Upload and download caps.
     max_upload_file_bytes: int = 20 * MiB
@@ -53,6 +71,19 @@ class Settings(BaseSettings):
     max_input_pixels: int = 40_000_000  # refuses decompression bombs before decoding
     max_output_image_bytes: int = 64 * MiB
     max_prompt_chars: int = 32_000
+
+    def breaker_policy(self) -> BreakerPolicy:
+        """The circuit-breaker thresholds, for the health store."""
+        return BreakerPolicy(
+            consecutive_failures=self.breaker_consecutive_failures,
+            window_s=self.breaker_window_s,
+            min_requests=self.breaker_min_requests,
+            failure_rate=self.breaker_failure_rate,
+            open_s=self.breaker_open_s,
+            half_open_probes=self.breaker_half_open_probes,
+            successes_to_close=self.breaker_successes_to_close,
+            auth_open_s=self.breaker_auth_open_s,
+        )
 
     def provider_endpoint(self, provider: str) -> ProviderEndpoint:
         """Where and how to reach `provider`, for its adapter."""

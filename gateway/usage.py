@@ -1,7 +1,9 @@
 """Usage events: one per provider attempt, appended to a Redis stream in one round trip.
 
-Money is integer micro-USD. An attempt that failed is recorded with its outcome and zero cost (providers
-bill successful outputs only), so the stream is a complete log of work sent to providers.
+Money is integer micro-USD. Every attempt is recorded with what the provider may bill for it: the served
+one, a wasted one (it finished although another attempt was served, or before our cancel landed), a
+failed or cleanly cancelled one at zero cost, and an unconfirmed one (our cancel failed) at full cost.
+The stream is the true provider spend; only `served` events are the team's.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class UsageEvent:
     input_megapixels: str
     cost_micros: int
     latency_ms: int
-    outcome: str
+    outcome: str  # "ok" or the error code that ended the attempt ("cancelled" when we abandoned it)
+    disposition: str  # served | wasted | failed | cancelled | unconfirmed: what the spend bought
     provider_jobs: str
     user: str
 
@@ -60,7 +63,8 @@ class UsageEvent:
         elapsed_s: float,
         jobs: tuple[ProviderJob, ...] = (),
         *,
-        billed: bool = False,
+        disposition: str,
+        cost_micros: int,
     ) -> UsageEvent:
         usage = candidate.usage
         deployment = candidate.deployment
@@ -75,11 +79,12 @@ class UsageEvent:
             width=request.width,
             height=request.height,
             input_images=len(request.images),
-            output_megapixels=_mp(usage.output_megapixels) if billed else "0",
-            input_megapixels=_mp(usage.input_megapixels) if billed else "0",
-            cost_micros=usage.cost_micros if billed else 0,
+            output_megapixels=_mp(usage.output_megapixels) if cost_micros else "0",
+            input_megapixels=_mp(usage.input_megapixels) if cost_micros else "0",
+            cost_micros=cost_micros,
             latency_ms=round(elapsed_s * 1000),
             outcome=outcome,
+            disposition=disposition,
             provider_jobs=",".join(job.job_id for job in jobs),
             user=request.user or "",
         )

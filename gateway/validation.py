@@ -10,13 +10,17 @@ import asyncio
 import io
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from PIL import Image, UnidentifiedImageError
 
 from gateway.catalog import Model
 from gateway.exceptions import InvalidRequest, PayloadTooLarge
+from gateway.pricing import parse_usd_micros
+from gateway.routing.config import Policy
+from gateway.routing.policy import RoutePreferences
 from gateway.sizes import format_size
 from gateway.types import ImageFormat, ImageRequest, InputImage, Mode
 
@@ -39,6 +43,61 @@ class ImageParams:
     output_format: ImageFormat
     seed: int | None
     user: str | None
+    route: RoutePreferences = field(default_factory=RoutePreferences)
+
+
+# OpenRouter's `sort` names, and ours.
+_SORTS = {"price": Policy.COST, "cost": Policy.COST, "latency": Policy.LATENCY, "balanced": Policy.BALANCED}
+
+
+def parse_preferences(value: Any) -> RoutePreferences:
+    """The request's `provider` object: order, allow_fallbacks, sort, max_price (USD for the whole request)."""
+    if value is None:
+        return RoutePreferences()
+    if isinstance(value, str):  # multipart forms carry it as JSON text
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("'provider' must be a JSON object.", param="provider") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("'provider' must be an object.", param="provider")
+    order = value.get("order", [])
+    if not isinstance(order, list) or not all(isinstance(name, str) and name for name in order):
+        raise InvalidRequest(
+            "'provider.order' must be a list of provider names or deployment keys.", param="provider.order"
+        )
+    allow_fallbacks = value.get("allow_fallbacks", True)
+    if not isinstance(allow_fallbacks, bool):
+        raise InvalidRequest("'provider.allow_fallbacks' must be true or false.", param="provider.allow_fallbacks")
+    sort = value.get("sort")
+    if sort is not None and sort not in _SORTS:
+        raise InvalidRequest(
+            f"'provider.sort' must be one of {', '.join(sorted(_SORTS))}, got {sort!r}.", param="provider.sort"
+        )
+    return RoutePreferences(
+        order=tuple(order),
+        allow_fallbacks=allow_fallbacks,
+        policy=_SORTS[sort] if sort is not None else None,
+        max_price_micros=_parse_max_price(value.get("max_price")),
+    )
+
+
+def _parse_max_price(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):  # OpenRouter nests prices by unit; a request price is what applies here
+        value = value.get("request")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidRequest("'provider.max_price' must be a USD amount, e.g. 0.01.", param="provider.max_price")
+    try:
+        micros = parse_usd_micros(str(value))
+    except (ValueError, ZeroDivisionError):
+        raise InvalidRequest(
+            "'provider.max_price' must be a USD amount with at most 6 decimals, e.g. 0.01.", param="provider.max_price"
+        ) from None
+    if micros < 0:
+        raise InvalidRequest("'provider.max_price' must not be negative.", param="provider.max_price")
+    return micros
 
 
 def parse_params(fields: Mapping[str, Any], *, max_prompt_chars: int) -> ImageParams:
@@ -67,6 +126,7 @@ def parse_params(fields: Mapping[str, Any], *, max_prompt_chars: int) -> ImagePa
         output_format=output_format,
         seed=_optional_int(fields, "seed", default=None, low=0, high=_MAX_SEED),
         user=_optional_str(fields, "user"),
+        route=parse_preferences(fields.get("provider")),
     )
 
 

@@ -5,6 +5,21 @@ raises one of the `gateway.exceptions.ProviderError` subclasses. It speaks exact
 and owns one shared `httpx.AsyncClient`. If the awaiting task is cancelled (deadline, client gone,
 failover), the adapter cancels the provider-side job before letting the cancellation propagate, so no
 upstream work is left running.
+
+Provider-side events go to the optional `trace` callback (like httpx's `trace` extension), called
+synchronously and never awaited:
+
+- `JobStarted(job)` as soon as the provider has answered a create/submit with the job's handle.
+- `JobCancelled(job, outcome)` exactly once for every job the adapter asks the provider to cancel (we
+  were cancelled, we gave up after a `ProviderError`, or a sibling job failed), with `cancel`'s outcome,
+  or FAILED if the cancel raised or took longer than the adapter's cancel timeout. It is called after
+  the cancel is done, so a raising callback cannot stop the cleanup (its error is not swallowed).
+
+Both usually arrive before `generate` returns or raises. One case arrives later: if we are cancelled
+while a create/submit is still in flight, `generate` raises CancelledError at once, the request carries
+on in the background, and JobStarted then JobCancelled follow once it answers (at most the request's
+own timeout plus the cancel timeout later). Likewise, if `generate` is cancelled again while it waits
+for a cancel, that JobCancelled follows within the cancel timeout.
 """
 
 from __future__ import annotations
@@ -15,7 +30,7 @@ from typing import TYPE_CHECKING, ClassVar, Self
 
 if TYPE_CHECKING:
     from gateway.catalog import Deployment
-    from gateway.types import ImageRequest, ProviderJob, ProviderResult
+    from gateway.types import CancelOutcome, ImageRequest, ProviderJob, ProviderResult, Trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +53,24 @@ class ProviderAdapter(abc.ABC):
     name: ClassVar[str]
 
     @abc.abstractmethod
-    async def generate(self, deployment: Deployment, request: ImageRequest) -> ProviderResult:
-        """Run `request` on `deployment`; raise only `ProviderError` subclasses."""
+    async def generate(
+        self,
+        deployment: Deployment,
+        request: ImageRequest,
+        *,
+        trace: Trace | None = None,
+        deadline: float | None = None,
+    ) -> ProviderResult:
+        """Run `request` on `deployment`, reporting job events to `trace`; raise only `ProviderError` subclasses.
+
+        `deadline` (event-loop time) is when the caller will give up: a hint for server-side waits such as
+        Replicate's `Prefer: wait`, so an abandoned request's job handle arrives in time to cancel it. The
+        caller enforces it by cancelling the task.
+        """
 
     @abc.abstractmethod
-    async def cancel(self, job: ProviderJob) -> None:
-        """Cancel a provider job; a no-op for a finished or unknown job, a `ProviderError` for other failures."""
+    async def cancel(self, job: ProviderJob) -> CancelOutcome:
+        """Cancel a provider job and say what the provider answered; a `ProviderError` if the cancel failed."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import orjson
 
 from gateway.exceptions import (
     ContentPolicyViolation,
@@ -21,12 +22,13 @@ from gateway.exceptions import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from gateway.types import ImageFormat, ImageRequest, ProviderImage, ProviderJob, ProviderResult
+from gateway.types import CancelOutcome, ImageFormat, ImageRequest, ProviderImage, ProviderJob, ProviderResult
 from providers.base import ProviderAdapter, ProviderEndpoint
 from providers.http import Problem, ProviderHTTP, poll_delays
 
 if TYPE_CHECKING:
     from gateway.catalog import Deployment
+    from gateway.types import Trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +46,23 @@ class FalConventions:
     )
     # §2.8 [SRC]: defaults to true; sent anyway so a changed default cannot switch the checker off.
     enable_safety_checker: bool = True
-    # §2.6: ALREADY_COMPLETED → 400, NOT_FOUND → 404 (codes UNCONFIRMED): nothing left to cancel.
-    cancel_noop_statuses: frozenset[int] = frozenset({400, 404})
+    # §2.6: 202 CANCELLATION_REQUESTED [3P]; ALREADY_COMPLETED → 400, NOT_FOUND → 404 (codes UNCONFIRMED).
+    # Any other 2xx is a cancel fal accepted; other statuses are errors.
+    cancel_codes: Mapping[int, CancelOutcome] = field(
+        default_factory=lambda: MappingProxyType({400: CancelOutcome.ALREADY_FINISHED, 404: CancelOutcome.NOT_FOUND})
+    )
+    # §2.6 [DOC]: the documented `status` words of a cancel answer. Since the codes are unconfirmed, a known
+    # word in a 2xx or `cancel_codes` answer wins over its code (a 200 ALREADY_COMPLETED was billed).
+    cancel_words: Mapping[str, CancelOutcome] = field(
+        default_factory=lambda: MappingProxyType(
+            {
+                "CANCELLATION_REQUESTED": CancelOutcome.CANCELLED,
+                "OK": CancelOutcome.CANCELLED,
+                "ALREADY_COMPLETED": CancelOutcome.ALREADY_FINISHED,
+                "NOT_FOUND": CancelOutcome.NOT_FOUND,
+            }
+        )
+    )
     # [DOC fal.ai/docs/errors]: a 422 `detail[].type` meaning a content checker refused the input.
     content_policy_types: frozenset[str] = frozenset({"content_policy_violation"})
     # UNCONFIRMED: words in a free-text fal error that mean a content refusal (lower case).
@@ -78,28 +95,42 @@ class FalAdapter(ProviderAdapter):
         self.conventions = conventions or FalConventions()
         self._http = ProviderHTTP(self.name, endpoint, f"Key {endpoint.api_key}")
 
-    async def generate(self, deployment: Deployment, request: ImageRequest) -> ProviderResult:
+    async def generate(
+        self,
+        deployment: Deployment,
+        request: ImageRequest,
+        *,
+        trace: Trace | None = None,
+        deadline: float | None = None,  # fal's submit answers at once: nothing server-side to bound
+    ) -> ProviderResult:
         """Submit, wait for COMPLETED, fetch the output; the fal job is cancelled if we are, or give up."""
-        queued = await self._http.start_job(self._submit(deployment, request), self._cancel_queued)
+        within = self.conventions.cancel_timeout
+        submit = self._submit(deployment, request)
+        queued = await self._http.start_job(submit, _job_of, self.cancel, within=within, trace=trace)
         try:
             status = await self._wait(queued)
         except (asyncio.CancelledError, ProviderError):
             # The job may still be running (or queued) at fal: stop paying for it.
-            await self._http.cancel_jobs(self.cancel, (queued.job,), self.conventions.cancel_timeout)
+            await self._http.cancel_jobs(self.cancel, (queued.job,), within=within, trace=trace)
             raise
         output = await self._fetch_result(queued, status)
         return self._result(request, queued.job, status, output)
 
-    async def cancel(self, job: ProviderJob) -> None:
-        """PUT the job's cancel URL; a job that already finished or is unknown is a no-op."""
+    async def cancel(self, job: ProviderJob) -> CancelOutcome:
+        """PUT the job's cancel URL: CANCELLED (requested), ALREADY_FINISHED or NOT_FOUND, else ProviderError."""
         if not job.cancel_url:
-            return
+            return CancelOutcome.NOT_FOUND  # fal says never to build the URL: no handle, no job to ask about
+        conventions = self.conventions
         response = await self._http.send(
-            "PUT", job.cancel_url, what="cancel", limits=httpx.Timeout(self.conventions.cancel_timeout)
+            "PUT", job.cancel_url, what="cancel", limits=httpx.Timeout(conventions.cancel_timeout)
         )
-        if response.is_success or response.status_code in self.conventions.cancel_noop_statuses:
-            return
-        raise self._http.status_error(response, "cancel", self._describe)
+        code = response.status_code
+        if not response.is_success and code not in conventions.cancel_codes:
+            raise self._http.status_error(response, "cancel", self._describe)
+        word = _status_word(response.content)
+        if word in conventions.cancel_words:
+            return conventions.cancel_words[word]
+        return conventions.cancel_codes.get(code, CancelOutcome.CANCELLED)
 
     async def aclose(self) -> None:
         """Close the shared HTTP client."""
@@ -137,9 +168,6 @@ class FalAdapter(ProviderAdapter):
             response_url=self._http.provider_url(body.get("response_url"), "response_url"),
         )
 
-    async def _cancel_queued(self, queued: _Queued) -> None:
-        await self.cancel(queued.job)
-
     async def _wait(self, queued: _Queued) -> dict[str, Any]:
         """Poll the status URL with backoff until COMPLETED; returns that status body."""
         conventions = self.conventions
@@ -154,7 +182,7 @@ class FalAdapter(ProviderAdapter):
             status = body.get("status")
             if status == conventions.completed_status:
                 return body
-            if status not in conventions.pending_statuses:
+            if not isinstance(status, str) or status not in conventions.pending_statuses:
                 raise self._http.malformed(f"unknown job status {self._http.sanitize(status)!r}")
         raise ProviderTimeout(f"fal job did not complete within {conventions.max_job_seconds:g} s", provider=self.name)
 
@@ -242,6 +270,20 @@ class FalAdapter(ProviderAdapter):
     def _mentions_content_policy(self, text: str) -> bool:
         lowered = text.lower()
         return any(marker in lowered for marker in self.conventions.content_policy_markers)
+
+
+def _job_of(queued: _Queued) -> ProviderJob:
+    return queued.job
+
+
+def _status_word(content: bytes) -> str | None:
+    """The `status` of a JSON object body, if it has a string one."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    word = body.get("status") if isinstance(body, dict) else None
+    return word if isinstance(word, str) else None
 
 
 def _is_int(value: Any) -> bool:

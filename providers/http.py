@@ -28,10 +28,13 @@ from gateway.exceptions import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from gateway.types import ProviderJob
+from gateway.types import CancelOutcome, JobCancelled, JobStarted, ProviderJob, Trace
 from providers.base import ProviderEndpoint
 
 T = TypeVar("T")
+
+# An adapter's `cancel`: ask the provider to stop one job, and say what it answered.
+Cancel = Callable[[ProviderJob], Awaitable[CancelOutcome]]
 
 MAX_PROVIDER_TEXT = 300
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -219,27 +222,52 @@ class ProviderHTTP:
             return ProviderTimeout(f"{name} timed out on the {what} (HTTP {status}){said}", provider=name)
         return ProviderUnavailable(f"{name} {what} failed with HTTP {status}{said}", provider=name)
 
-    async def start_job(self, start: Awaitable[T], cancel: Callable[[T], Awaitable[None]]) -> T:
+    async def start_job(
+        self,
+        start: Awaitable[T],
+        job_of: Callable[[T], ProviderJob],
+        cancel: Cancel,
+        *,
+        within: float,
+        trace: Trace | None,
+    ) -> T:
         """Await the request that creates a provider job, without losing the job if we are cancelled.
 
         The create request carries no handle until it answers. If the caller is cancelled meanwhile, the
-        request carries on in the background and the job it creates is cancelled once its handle is known.
+        request carries on in the background and the job it creates is cancelled once its handle is known:
+        JobStarted and JobCancelled then reach `trace` after our caller has already seen CancelledError.
         """
         task: asyncio.Future[T] = asyncio.ensure_future(start)
         try:
-            return await asyncio.shield(task)
+            handle = await asyncio.shield(task)
         except asyncio.CancelledError:
-            self._spawn(_cancel_once_started(task, cancel))
+            self._spawn(_cancel_once_started(task, job_of, cancel, within, trace))
             raise
+        job = job_of(handle)
+        try:
+            _emit(trace, JobStarted(job))
+        except BaseException:
+            # A raising trace is the caller's bug and propagates, but it must not leave the job running.
+            await self.cancel_jobs(cancel, (job,), within=within, trace=trace)
+            raise
+        return handle
 
     async def cancel_jobs(
-        self, cancel: Callable[[ProviderJob], Awaitable[None]], jobs: Collection[ProviderJob], within: float
+        self, cancel: Cancel, jobs: Collection[ProviderJob], *, within: float, trace: Trace | None
     ) -> None:
-        """Cancel jobs while our caller is being cancelled: shielded, and waiting at most `within` s."""
-        if jobs:
-            task = self._spawn(_cancel_all(cancel, jobs))
-            # asyncio.wait cancels nothing, neither on timeout nor when we are cancelled again: a shield.
-            await asyncio.wait({task}, timeout=within)
+        """Cancel jobs while our caller is being cancelled or gives up: shielded, each bounded by `within` s.
+
+        Each job is reported once as JobCancelled, FAILED if its cancel raised or took longer than `within`.
+        If we are cancelled again while waiting, the cancels (and their reports) finish in the background.
+        """
+        tasks = [self._spawn(_cancel_and_report(cancel, job, within, trace)) for job in jobs]
+        if not tasks:
+            return
+        # asyncio.wait cancels nothing when we are cancelled again: a shield. Each task bounds itself.
+        await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error  # only a raising trace (or a bug) gets here: the cancels themselves are done
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
@@ -256,19 +284,33 @@ class ProviderHTTP:
         await self._client.aclose()
 
 
-async def _cancel_all(cancel: Callable[[ProviderJob], Awaitable[None]], jobs: Collection[ProviderJob]) -> None:
-    await asyncio.gather(*(_quietly(cancel(job)) for job in jobs))
+def _emit(trace: Trace | None, event: JobStarted | JobCancelled) -> None:
+    if trace is not None:
+        trace(event)
 
 
-async def _cancel_once_started(start: asyncio.Future[T], cancel: Callable[[T], Awaitable[None]]) -> None:
+async def _cancel_and_report(cancel: Cancel, job: ProviderJob, within: float, trace: Trace | None) -> None:
+    """Cancel one job within `within` s, then report it; best effort, so a failed cancel is FAILED, not raised."""
+    outcome = CancelOutcome.FAILED  # unless the provider answers in time
+    try:
+        # A failed cancel must not mask the cancellation (or error) that triggered it.
+        with contextlib.suppress(ProviderError, TimeoutError):
+            async with asyncio.timeout(within):
+                outcome = await cancel(job)
+    finally:
+        # After the cancel, whatever happened to it (even aclose stopping us): exactly one report per job.
+        _emit(trace, JobCancelled(job, outcome))
+
+
+async def _cancel_once_started(
+    start: asyncio.Future[T], job_of: Callable[[T], ProviderJob], cancel: Cancel, within: float, trace: Trace | None
+) -> None:
     try:
         handle = await start
     except ProviderError:
         return  # no job was created, so there is nothing to cancel
-    await _quietly(cancel(handle))
-
-
-async def _quietly(call: Awaitable[None]) -> None:
-    # Cleanup is best effort: a failed cancel must not mask the cancellation that triggered it.
-    with contextlib.suppress(ProviderError):
-        await call
+    job = job_of(handle)
+    try:
+        _emit(trace, JobStarted(job))
+    finally:
+        await _cancel_and_report(cancel, job, within, trace)

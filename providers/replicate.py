@@ -8,6 +8,7 @@ are gathered in `ReplicateConventions`, the one place to correct them.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -22,12 +23,13 @@ from gateway.exceptions import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from gateway.types import ImageFormat, ImageRequest, ProviderImage, ProviderJob, ProviderResult
+from gateway.types import CancelOutcome, ImageFormat, ImageRequest, ProviderImage, ProviderJob, ProviderResult
 from providers.base import ProviderAdapter, ProviderEndpoint
 from providers.http import Problem, ProviderHTTP, poll_delays
 
 if TYPE_CHECKING:
     from gateway.catalog import Deployment
+    from gateway.types import Trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +53,11 @@ class ReplicateConventions:
     )
     # §3.5 [3P]: a blocked prediction fails with an error like "NSFW content detected"; wording UNCONFIRMED.
     content_policy_markers: tuple[str, ...] = ("nsfw",)
-    # §3.4: the answer to cancelling a finished prediction is UNCONFIRMED; these mean nothing to cancel.
-    cancel_noop_statuses: frozenset[int] = frozenset({400, 404, 409, 422})
+    # §3.4: cancel answers with the prediction; its status says whether it had already succeeded (and is
+    # billed). The answer for a finished prediction is UNCONFIRMED (the simulator says 200, unchanged); if
+    # Replicate refuses with one of these codes instead, it finished first, perhaps billed: assume so.
+    cancel_finished_codes: frozenset[int] = frozenset({400, 409, 422})
+    cancel_not_found_codes: frozenset[int] = frozenset({404})
     # Ours: how long a cancel may hold up a cancellation, and a safety net for jobs no deadline bounds.
     cancel_timeout: float = 2.0
     max_job_seconds: float = 600.0
@@ -80,12 +85,20 @@ class ReplicateAdapter(ProviderAdapter):
             raise ValueError("prefer_wait must be between 0 and 60 seconds")
         self._http = ProviderHTTP(self.name, endpoint, f"Bearer {endpoint.api_key}")
 
-    async def generate(self, deployment: Deployment, request: ImageRequest) -> ProviderResult:
+    async def generate(
+        self,
+        deployment: Deployment,
+        request: ImageRequest,
+        *,
+        trace: Trace | None = None,
+        deadline: float | None = None,
+    ) -> ProviderResult:
         """Run `request.n` predictions concurrently; if one fails, the rest are cancelled at Replicate."""
         inputs = self._inputs(deployment, request)
+        wait = self._prefer_wait(deadline)
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._predict(deployment, i)) for i in inputs]
+                tasks = [group.create_task(self._predict(deployment, i, trace, wait)) for i in inputs]
         except ExceptionGroup as failures:
             provider_errors, others = failures.split(ProviderError)
             if provider_errors is None or others is not None:
@@ -102,16 +115,29 @@ class ReplicateAdapter(ProviderAdapter):
             metrics={"predict_time": max(predict_times)} if predict_times else {},
         )
 
-    async def cancel(self, job: ProviderJob) -> None:
-        """POST the prediction's cancel URL; a prediction that already finished is a no-op."""
+    async def cancel(self, job: ProviderJob) -> CancelOutcome:
+        """POST the prediction's cancel URL: CANCELLED, ALREADY_FINISHED or NOT_FOUND, else ProviderError."""
         if not job.cancel_url:
-            return
+            return CancelOutcome.NOT_FOUND  # no handle to ask with: not a prediction we can name
+        conventions = self.conventions
         response = await self._http.send(
-            "POST", job.cancel_url, what="cancel", limits=httpx.Timeout(self.conventions.cancel_timeout)
+            "POST", job.cancel_url, what="cancel", limits=httpx.Timeout(conventions.cancel_timeout)
         )
-        if response.is_success or response.status_code in self.conventions.cancel_noop_statuses:
-            return
-        raise self._http.status_error(response, "cancel", self._describe)
+        if response.status_code in conventions.cancel_not_found_codes:
+            return CancelOutcome.NOT_FOUND
+        if response.status_code in conventions.cancel_finished_codes:
+            return CancelOutcome.ALREADY_FINISHED
+        if not response.is_success:
+            raise self._http.status_error(response, "cancel", self._describe)
+        # The prediction as it now stands. Only a succeeded one produced (and bills) output; a canceled or
+        # failed one did not, and a still-pending one has had its cancel accepted.
+        status = self._http.json_object(response, "cancel").get("status")
+        if status == conventions.succeeded_status:
+            return CancelOutcome.ALREADY_FINISHED
+        stopped = {*conventions.pending_statuses, conventions.failed_status, conventions.canceled_status}
+        if isinstance(status, str) and status in stopped:
+            return CancelOutcome.CANCELLED
+        raise self._http.malformed(f"unknown prediction status {self._http.sanitize(status)!r}")
 
     async def aclose(self) -> None:
         """Close the shared HTTP client."""
@@ -142,19 +168,33 @@ class ReplicateAdapter(ProviderAdapter):
             inputs.append(one)
         return inputs
 
-    async def _predict(self, deployment: Deployment, input_: dict[str, Any]) -> _Prediction:
+    def _prefer_wait(self, deadline: float | None) -> int:
+        """Seconds for `Prefer: wait`: the convention, but never past the caller's deadline.
+
+        A create held open past the point the caller gives up has no job id to cancel until it answers.
+        """
+        wait = self.conventions.prefer_wait
+        if deadline is None or not wait:
+            return wait
+        left = deadline - asyncio.get_running_loop().time()
+        return max(1, min(wait, math.ceil(left)))
+
+    async def _predict(
+        self, deployment: Deployment, input_: dict[str, Any], trace: Trace | None, wait: int
+    ) -> _Prediction:
         """Create one prediction and wait until it is terminal; cancel it if we are cancelled or give up."""
-        prediction = await self._http.start_job(self._create(deployment, input_), self._cancel_prediction)
+        within = self.conventions.cancel_timeout
+        create = self._create(deployment, input_, wait)
+        prediction = await self._http.start_job(create, _job_of, self.cancel, within=within, trace=trace)
         if prediction.status in self.conventions.pending_statuses:
             try:
                 prediction = await self._wait(prediction)
             except (asyncio.CancelledError, ProviderError):
-                await self._http.cancel_jobs(self.cancel, (prediction.job,), self.conventions.cancel_timeout)
+                await self._http.cancel_jobs(self.cancel, (prediction.job,), within=within, trace=trace)
                 raise
         return self._check_outcome(prediction)
 
-    async def _create(self, deployment: Deployment, input_: dict[str, Any]) -> _Prediction:
-        wait = self.conventions.prefer_wait
+    async def _create(self, deployment: Deployment, input_: dict[str, Any], wait: int) -> _Prediction:
         headers = {"Prefer": f"wait={wait}"} if wait else {}
         # The server may hold the answer for `wait` seconds before the usual read budget starts to matter.
         limits = httpx.Timeout(self.endpoint.read_timeout + wait, connect=self.endpoint.connect_timeout)
@@ -171,9 +211,6 @@ class ReplicateAdapter(ProviderAdapter):
         if response.status_code not in self.conventions.create_statuses:
             raise self._http.malformed(f"create answered HTTP {response.status_code}")
         return self._parse(self._http.json_object(response, "create"))
-
-    async def _cancel_prediction(self, prediction: _Prediction) -> None:
-        await self.cancel(prediction.job)
 
     async def _wait(self, prediction: _Prediction) -> _Prediction:
         """Poll `urls.get` with backoff until the prediction is terminal."""
@@ -197,7 +234,7 @@ class ReplicateAdapter(ProviderAdapter):
         prediction_id, status, urls = body.get("id"), body.get("status"), body.get("urls")
         if not isinstance(prediction_id, str) or not prediction_id:
             raise self._http.malformed("the prediction has no id")
-        if status not in known:
+        if not isinstance(status, str) or status not in known:  # a JSON list would not even hash
             raise self._http.malformed(f"unknown prediction status {self._http.sanitize(status)!r}")
         if not isinstance(urls, dict):
             raise self._http.malformed("the prediction has no urls")
@@ -252,6 +289,10 @@ class ReplicateAdapter(ProviderAdapter):
     def _mentions_content_policy(self, text: str) -> bool:
         lowered = text.lower()
         return any(marker in lowered for marker in self.conventions.content_policy_markers)
+
+
+def _job_of(prediction: _Prediction) -> ProviderJob:
+    return prediction.job
 
 
 def _first(group: BaseExceptionGroup[ProviderError]) -> ProviderError:

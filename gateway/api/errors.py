@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from gateway.exceptions import GatewayError, ProviderAuthError, ProviderError, ProviderRateLimited
+from gateway.exceptions import GatewayError, ProviderAuthError, ProviderError
 
 log = logging.getLogger("gateway.errors")
 
@@ -32,7 +32,7 @@ def error_response(
 
 def gateway_error_response(exc: GatewayError) -> Response:
     headers = {"x-should-retry": "true" if exc.retryable else "false"}
-    if isinstance(exc, ProviderRateLimited):
+    if exc.retry_after is not None or exc.status_code in (429, 503):
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after or 1)))
     return error_response(exc.status_code, exc.message, exc.error_type, param=exc.param, code=exc.code, headers=headers)
 

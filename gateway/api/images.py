@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.responses import Response
 
+from gateway.api.route_preview import route_preview
 from gateway.catalog import ModelRef
 from gateway.dispatch import Served
 from gateway.exceptions import InvalidRequest, ModelNotFound
@@ -26,6 +27,7 @@ from gateway.validation import ImageParams, build_request, decode_images, parse_
 log = logging.getLogger("gateway.access")
 router = APIRouter()
 IMAGE_FIELDS = ("image", "image[]")
+TIMEOUT_HEADER = "x-gateway-timeout"
 
 
 @router.post("/v1/images/generations")
@@ -97,18 +99,22 @@ async def _serve(
     has_mask: bool = False,
 ) -> Response:
     started = time.perf_counter()
-    deadline = asyncio.get_running_loop().time() + svc.settings.request_timeout_s
+    deadline = asyncio.get_running_loop().time() + _timeout_s(request, svc)
     ref = _resolve(svc, params)
     image_request = build_request(
         params, ref.model, mode, request_id=request.scope["state"]["request_id"], images=images, has_mask=has_mask
     )
-    candidates = svc.router.order(eligible_candidates(ref, image_request))
-    served = await svc.dispatcher.dispatch(image_request, candidates, deadline)
+    candidates = eligible_candidates(ref, image_request)
+    health = await svc.health.snapshot([c.deployment.key for c in candidates])
+    plan = svc.router.plan(candidates, health, ref.model.routing, params.route, time.time())
+    if request.query_params.get("dry_run", "").lower() in ("1", "true", "yes"):
+        return _json(route_preview(ref.model.id, image_request, plan))
+    served = await svc.dispatcher.dispatch(image_request, plan, deadline, ref.model.routing.hedge)
     async with asyncio.timeout_at(deadline):
         data = await _image_data(svc, served, image_request, params.response_format)
 
-    usage = served.candidate.usage
-    deployment = served.candidate.deployment
+    usage = served.ranked.candidate.usage
+    deployment = served.ranked.candidate.deployment
     body = {
         "created": int(time.time()),
         "data": data,
@@ -117,32 +123,56 @@ async def _serve(
         "gateway": {
             "request_id": image_request.request_id,
             "provider": deployment.key,
+            "route": plan.policy.value,
             "megapixels": round(float(usage.megapixels), 6),
             "output_megapixels": round(float(usage.output_megapixels), 6),
             "input_megapixels": round(float(usage.input_megapixels), 6),
             "cost_usd": format_usd(usage.cost_micros),
             "cost_micros": usage.cost_micros,
-            "attempts": len(served.attempts),
+            "attempts": [
+                {"provider": a.deployment_key, "outcome": a.outcome, "ms": round(a.elapsed_s * 1000, 1)}
+                for a in served.attempts
+            ],
         },
     }
     headers = {
         "x-gateway-provider": deployment.key,
-        "x-gateway-attempts": str(len(served.attempts)),
-        "x-gateway-route": svc.router.name,
+        "x-gateway-attempts": ", ".join(f"{a.deployment_key}={a.outcome}" for a in served.attempts),
+        "x-gateway-route": plan.policy.value,
         "x-gateway-cost-usd": format_usd(usage.cost_micros),
     }
     log.info(
-        "%s %s model=%s provider=%s n=%d size=%dx%d cost_micros=%d ms=%.1f",
+        "%s %s model=%s provider=%s attempts=%d n=%d size=%dx%d cost_micros=%d ms=%.1f",
         image_request.request_id,
         mode.value,
         ref.model.id,
         deployment.key,
+        len(served.attempts),
         image_request.n,
         image_request.width,
         image_request.height,
         usage.cost_micros,
         (time.perf_counter() - started) * 1000,
     )
+    return _json(body, headers)
+
+
+def _timeout_s(request: Request, svc: Services) -> float:
+    """The request's deadline in seconds: the setting, or `x-gateway-timeout` capped by the maximum."""
+    settings = svc.settings
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return settings.request_timeout_s
+    try:
+        wanted = float(raw)
+    except ValueError:
+        wanted = -1.0
+    if not 0 < wanted < float("inf"):
+        raise InvalidRequest(f"The {TIMEOUT_HEADER} header must be a positive number of seconds.", param=TIMEOUT_HEADER)
+    return min(wanted, settings.max_request_timeout_s)
+
+
+def _json(body: object, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), media_type="application/json", headers=headers)
 
 
@@ -152,6 +182,6 @@ async def _image_data(
     images = served.result.images
     if response_format == "url":
         return [{"url": image.url} for image in images]
-    provider = served.candidate.deployment.provider
+    provider = served.ranked.candidate.deployment.provider
     encoded = await asyncio.gather(*(svc.fetcher.fetch_b64(image, request, provider) for image in images))
     return [{"b64_json": b64} for b64 in encoded]

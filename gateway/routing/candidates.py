@@ -1,7 +1,6 @@
-"""Which deployments may serve a request, what each would cost, and in which order to try them.
+"""Which deployments may serve a request exactly, and what each would charge for it.
 
-Pure logic: no I/O, no provider names. The only policy today is `cost` (cheapest first, ties broken by
-deployment key so the order is stable); latency- and health-aware policies slot in as other `Router`s.
+Pure logic: no I/O, no provider names. Ordering them is `gateway.routing.policy`'s job.
 """
 
 from __future__ import annotations
@@ -45,12 +44,3 @@ def eligible_candidates(ref: ModelRef, request: ImageRequest) -> list[Candidate]
             param="size",
         )
     return candidates
-
-
-class CostRouter:
-    """Cheapest first: the `cost` policy."""
-
-    name = "cost"
-
-    def order(self, candidates: list[Candidate]) -> list[Candidate]:
-        return sorted(candidates, key=lambda c: (c.usage.cost_micros, c.deployment.key))

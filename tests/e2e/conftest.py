@@ -5,16 +5,19 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
+import yaml
 from openai import OpenAI
 from PIL import Image
 
 from gateway.child_server import ChildServer, python_module
 from gateway.redis_server import EmbeddedRedis, free_port
+from gateway.settings import PROJECT_ROOT
 from gateway.usage import USAGE_STREAM
 
 ADMIN_KEY = "sk-e2e-admin-key"
@@ -93,10 +96,12 @@ def simulator_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Si
 
 
 @pytest.fixture
-def sims(simulator_processes: Simulators) -> Simulators:
-    """The simulators, reset to a clean state for this test."""
+def sims(simulator_processes: Simulators, redis_client: redis.Redis) -> Simulators:
+    """The simulators, reset to a clean state for this test, and every deployment's shared health cleared."""
     simulator_processes.fal.reset()
     simulator_processes.replicate.reset()
+    for key in redis_client.scan_iter("health:*"):
+        redis_client.delete(key)
     return simulator_processes
 
 
@@ -120,6 +125,7 @@ def start_gateway(
             "GATEWAY_PROVIDER_INITIAL_POLL_INTERVAL_S": "0.01",
             "GATEWAY_PROVIDER_MAX_POLL_INTERVAL_S": "0.05",
             "GATEWAY_LOG_LEVEL": "info",
+            "GATEWAY_HEALTH_CACHE_TTL_S": "0",  # tests reset health in Redis between cases
             **overrides,
         }
         process = ChildServer(
@@ -168,6 +174,15 @@ def usage(redis_client: redis.Redis) -> UsageLog:
     log = UsageLog(redis_client)
     log.mark()
     return log
+
+
+def catalog_with(tmp_dir: Path, **routing: Any) -> str:
+    """A copy of the real catalog with the model's routing block changed; returns its path."""
+    raw = yaml.safe_load((PROJECT_ROOT / "config" / "models.yaml").read_text())
+    raw["models"][0]["routing"] = {**raw["models"][0].get("routing", {}), **routing}
+    path = tmp_dir / "models.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
 
 
 def solid_png(color: tuple[int, int, int], size: tuple[int, int] = (64, 64)) -> bytes:

@@ -23,9 +23,19 @@ from gateway.exceptions import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from gateway.types import ImageFormat, ImageRequest, InputImage, Mode, ProviderJob
+from gateway.types import (
+    CancelOutcome,
+    ImageFormat,
+    ImageRequest,
+    InputImage,
+    JobCancelled,
+    JobStarted,
+    Mode,
+    ProviderJob,
+    TraceEvent,
+)
 from providers.base import ProviderEndpoint
-from providers.fal import FalAdapter
+from providers.fal import FalAdapter, FalConventions
 from providers.http import SameOriginAuth
 from providers.simulators.server import SimulatorThread
 
@@ -54,6 +64,23 @@ class SimControl:
     async def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = await self._call("GET", "stats")
         return stats
+
+
+class Events(list[TraceEvent]):
+    """A trace callback that records what the adapter reports, in order."""
+
+    def __call__(self, event: TraceEvent) -> None:
+        self.append(event)
+
+    def started(self) -> list[ProviderJob]:
+        return [event.job for event in self if isinstance(event, JobStarted)]
+
+    async def wait_for(self, count: int, within: float = 2) -> None:
+        """Until `count` events arrived (some are reported in the background), or `within` s passed."""
+        for _ in range(int(within / 0.01)):
+            if len(self) >= count:
+                return
+            await asyncio.sleep(0.01)
 
 
 def fal_endpoint(sims: SimulatorThread, *, api_key: str | None = None, read_timeout: float = 5) -> ProviderEndpoint:
@@ -120,8 +147,11 @@ async def fal(sims: SimulatorThread) -> AsyncIterator[FalAdapter]:
 
 
 async def test_generate_one_image(fal: FalAdapter, t2i: Deployment, control: SimControl, sims: SimulatorThread) -> None:
-    result = await fal.generate(t2i, image_request())
+    events = Events()
 
+    result = await fal.generate(t2i, image_request(), trace=events)
+
+    assert events == [JobStarted(result.jobs[0])]  # and no JobCancelled
     [image] = result.images
     assert image.url.startswith(sims.fal_url)
     assert (image.width, image.height, image.content_type) == (1024, 768, "image/png")
@@ -239,10 +269,13 @@ async def test_input_fal_refuses_names_the_field(fal: FalAdapter, t2i: Deploymen
 async def test_failed_poll_cancels_the_job(fal: FalAdapter, t2i: Deployment, control: SimControl) -> None:
     await control.slow_jobs()
     await control.fault("http_500", "status")
+    events = Events()
 
     with pytest.raises(ProviderUnavailable):
-        await fal.generate(t2i, image_request())
+        await fal.generate(t2i, image_request(), trace=events)
 
+    [job] = events.started()
+    assert events == [JobStarted(job), JobCancelled(job, CancelOutcome.CANCELLED)]
     assert (await control.stats())["cancels"] == 1
 
 
@@ -265,16 +298,101 @@ async def test_deadline_cancels_the_job_at_fal(
 ) -> None:
     await control.slow_jobs()
     await control.fault(kind, on)
+    events = Events()
     started = time.monotonic()
 
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.3):
-            await fal.generate(t2i, image_request())
+            await fal.generate(t2i, image_request(), trace=events)
 
     assert time.monotonic() - started < 1.5
+    [job] = events.started()
+    assert events == [JobStarted(job), JobCancelled(job, CancelOutcome.CANCELLED)]
     stats = await control.stats()
     assert stats["cancels"] == 1
     assert stats["calls"]["cancel"] == 1
+
+
+async def test_cancelling_the_task_cancels_the_queued_job(
+    fal: FalAdapter, t2i: Deployment, control: SimControl
+) -> None:
+    await control.fault("stuck", "submit")
+    events = Events()
+    task = asyncio.create_task(fal.generate(t2i, image_request(), trace=events))
+    await events.wait_for(1)
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    [job] = events.started()
+    assert events == [JobStarted(job), JobCancelled(job, CancelOutcome.CANCELLED)]
+    stats = await control.stats()
+    assert (stats["cancels"], stats["jobs"][0]["id"]) == (1, job.job_id)
+    # fal shows a cancelled job as COMPLETED with an error; cancelling it again is still accepted.
+    assert await fal.cancel(job) is CancelOutcome.CANCELLED
+    assert (await control.stats())["cancels"] == 1
+
+
+async def test_a_failed_cancel_is_reported_and_the_cancellation_propagates(
+    fal: FalAdapter, t2i: Deployment, control: SimControl
+) -> None:
+    await control.slow_jobs()
+    await control.fault("http_500", "cancel")
+    events = Events()
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await fal.generate(t2i, image_request(), trace=events)
+
+    [job] = events.started()
+    assert events == [JobStarted(job), JobCancelled(job, CancelOutcome.FAILED)]
+    stats = await control.stats()
+    assert (stats["calls"]["cancel"], stats["cancels"]) == (1, 0)
+    with pytest.raises(ProviderUnavailable):  # called directly, cancel still raises
+        await fal.cancel(job)
+
+
+async def test_a_cancel_that_takes_too_long_is_failed(
+    sims: SimulatorThread, t2i: Deployment, control: SimControl
+) -> None:
+    await control.slow_jobs()
+    await control.fault("hang", "cancel")
+    events = Events()
+    adapter = FalAdapter(fal_endpoint(sims), conventions=FalConventions(cancel_timeout=0.3))
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await adapter.generate(t2i, image_request(), trace=events)
+    finally:
+        await adapter.aclose()
+
+    assert time.monotonic() - started < 1.2  # the deadline, then at most the cancel timeout
+    [job] = events.started()
+    assert events == [JobStarted(job), JobCancelled(job, CancelOutcome.FAILED)]
+
+
+class TraceBug(Exception):
+    """What a broken trace callback raises."""
+
+
+@pytest.mark.parametrize("broken", [JobStarted, JobCancelled])
+async def test_a_raising_trace_propagates_but_the_job_is_still_cancelled(
+    fal: FalAdapter, t2i: Deployment, control: SimControl, broken: type[TraceEvent]
+) -> None:
+    await control.slow_jobs()
+    await control.fault("hang", "status")
+
+    def trace(event: TraceEvent) -> None:
+        if isinstance(event, broken):
+            raise TraceBug
+
+    with pytest.raises(TraceBug):
+        async with asyncio.timeout(0.3):
+            await fal.generate(t2i, image_request(), trace=trace)
+
+    assert (await control.stats())["cancels"] == 1
 
 
 async def test_deadline_during_submit_is_prompt(fal: FalAdapter, t2i: Deployment, control: SimControl) -> None:
@@ -301,14 +419,20 @@ async def test_wrong_key_is_auth_error_without_the_key(sims: SimulatorThread, t2
     assert sims.fal_key not in str(caught.value)
 
 
-async def test_cancel_of_finished_job_is_a_no_op(fal: FalAdapter, t2i: Deployment, control: SimControl) -> None:
+async def test_cancel_outcomes_of_finished_and_unknown_jobs(
+    fal: FalAdapter, t2i: Deployment, control: SimControl
+) -> None:
     result = await fal.generate(t2i, image_request())
+    [job] = result.jobs
+    assert job.cancel_url is not None
+    unknown = ProviderJob("fal", "no-such-job", job.cancel_url.replace(job.job_id, "no-such-job"))
 
-    await fal.cancel(result.jobs[0])
-    await fal.cancel(ProviderJob("fal", "no-such-job", None))
+    assert await fal.cancel(job) is CancelOutcome.ALREADY_FINISHED  # 400 ALREADY_COMPLETED: fal bills it
+    assert await fal.cancel(unknown) is CancelOutcome.NOT_FOUND  # 404
+    assert await fal.cancel(ProviderJob("fal", "no-such-job", None)) is CancelOutcome.NOT_FOUND  # no request
 
     stats = await control.stats()
-    assert (stats["calls"]["cancel"], stats["cancels"]) == (1, 0)
+    assert (stats["calls"]["cancel"], stats["cancels"]) == (2, 0)
 
 
 async def test_aclose_closes_the_client(sims: SimulatorThread, t2i: Deployment) -> None:

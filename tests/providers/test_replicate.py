@@ -23,7 +23,17 @@ from gateway.exceptions import (
     ProviderRejectedInput,
     ProviderUnavailable,
 )
-from gateway.types import ImageFormat, ImageRequest, InputImage, Mode
+from gateway.types import (
+    CancelOutcome,
+    ImageFormat,
+    ImageRequest,
+    InputImage,
+    JobCancelled,
+    JobStarted,
+    Mode,
+    ProviderJob,
+    TraceEvent,
+)
 from providers.base import ProviderEndpoint
 from providers.http import parse_retry_after
 from providers.replicate import ReplicateAdapter, ReplicateConventions
@@ -65,6 +75,26 @@ class SimControl:
                 return stats
             await asyncio.sleep(0.05)
         return await self.stats()
+
+
+class Events(list[TraceEvent]):
+    """A trace callback that records what the adapter reports, in order."""
+
+    def __call__(self, event: TraceEvent) -> None:
+        self.append(event)
+
+    def started(self) -> list[ProviderJob]:
+        return [event.job for event in self if isinstance(event, JobStarted)]
+
+    def cancelled(self) -> dict[ProviderJob, CancelOutcome]:
+        return {event.job: event.outcome for event in self if isinstance(event, JobCancelled)}
+
+    async def wait_for(self, count: int, within: float = 2) -> None:
+        """Until `count` events arrived (some are reported in the background), or `within` s passed."""
+        for _ in range(int(within / 0.01)):
+            if len(self) >= count:
+                return
+            await asyncio.sleep(0.01)
 
 
 def replicate_endpoint(sims: SimulatorThread, *, api_key: str | None = None) -> ProviderEndpoint:
@@ -181,8 +211,12 @@ async def test_generate_polls_without_prefer_wait(
 async def test_three_images_are_three_predictions_with_distinct_seeds(
     replicate: ReplicateAdapter, klein: Deployment, control: SimControl
 ) -> None:
-    result = await replicate.generate(klein, image_request(n=3, seed=7))
+    events = Events()
 
+    result = await replicate.generate(klein, image_request(n=3, seed=7), trace=events)
+
+    assert len(events) == 3
+    assert set(events) == {JobStarted(job) for job in result.jobs}  # and no JobCancelled
     assert len(result.images) == 3
     assert len({image.url for image in result.images}) == 3
     assert len({job.job_id for job in result.jobs}) == 3
@@ -313,13 +347,19 @@ async def test_one_failed_prediction_cancels_the_others(
 ) -> None:
     await control.slow_jobs()
     await control.fault("http_500", "create", times=1)
+    events = Events()
 
     with pytest.raises(ProviderUnavailable):
-        await polling.generate(klein, image_request(n=3))
+        await polling.generate(klein, image_request(n=3), trace=events)
 
+    await events.wait_for(4)  # a sibling still creating when cancelled reports both events afterwards
     stats = await control.wait_for(lambda s: s["cancels"] == 2)
     assert stats["cancels"] == 2
     assert {job["status"] for job in stats["jobs"]} == {"canceled"}
+    started = events.started()
+    assert {job.job_id for job in started} == {job["id"] for job in stats["jobs"]}
+    assert events.cancelled() == dict.fromkeys(started, CancelOutcome.CANCELLED)
+    assert len(events) == 4
 
 
 async def test_deadline_while_polling_cancels_the_prediction(
@@ -327,29 +367,78 @@ async def test_deadline_while_polling_cancels_the_prediction(
 ) -> None:
     await control.slow_jobs()
     await control.fault("hang", "get")
+    events = Events()
     started = time.monotonic()
 
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.3):
-            await polling.generate(klein, image_request())
+            await polling.generate(klein, image_request(), trace=events)
 
     assert time.monotonic() - started < 1.5
+    [job] = events.started()
+    assert events == [JobStarted(job), JobCancelled(job, CancelOutcome.CANCELLED)]
     assert (await control.stats())["cancels"] == 1
 
 
-async def test_deadline_during_a_blocking_create_cancels_once_created(
-    replicate: ReplicateAdapter, klein: Deployment, control: SimControl
+async def test_cancelling_the_task_cancels_the_prediction(
+    polling: ReplicateAdapter, klein: Deployment, control: SimControl
 ) -> None:
-    await control.fault("stuck", "create")
+    await control.slow_jobs()
+    events = Events()
+    task = asyncio.create_task(polling.generate(klein, image_request(), trace=events))
+    await events.wait_for(1)
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    [job] = events.started()
+    assert events == [JobStarted(job), JobCancelled(job, CancelOutcome.CANCELLED)]
+    stats = await control.stats()
+    assert (stats["cancels"], stats["jobs"][0]["id"], stats["jobs"][0]["status"]) == (1, job.job_id, "canceled")
+
+
+async def test_a_failed_cancel_is_reported_and_the_cancellation_propagates(
+    polling: ReplicateAdapter, klein: Deployment, control: SimControl
+) -> None:
+    await control.slow_jobs()
+    await control.fault("http_500", "cancel")
+    events = Events()
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await polling.generate(klein, image_request(), trace=events)
+
+    [job] = events.started()
+    assert events == [JobStarted(job), JobCancelled(job, CancelOutcome.FAILED)]
+    stats = await control.stats()
+    assert (stats["calls"]["cancel"], stats["cancels"], stats["jobs"][0]["status"]) == (1, 0, "processing")
+    with pytest.raises(ProviderUnavailable):  # called directly, cancel still raises
+        await polling.cancel(job)
+
+
+@pytest.mark.parametrize("slow", ["stuck", "slow run"])
+async def test_deadline_during_a_blocking_create_cancels_once_created(
+    replicate: ReplicateAdapter, klein: Deployment, control: SimControl, slow: str
+) -> None:
+    if slow == "stuck":
+        await control.fault("stuck", "create")
+    else:
+        await control.slow_jobs()
+    events = Events()
     started = time.monotonic()
 
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.3):
-            await replicate.generate(klein, image_request())
+            await replicate.generate(klein, image_request(), trace=events)
 
     assert time.monotonic() - started < 1  # prompt, though the create is held for prefer_wait (1 s)
+    assert events == []  # the create has not answered yet: no handle, nothing to report
+    await events.wait_for(2)  # it answers after prefer_wait; then the prediction is cancelled
+    [job] = events.started()
+    assert events == [JobStarted(job), JobCancelled(job, CancelOutcome.CANCELLED)]
     stats = await control.wait_for(lambda s: s["cancels"] == 1)
-    assert stats["cancels"] == 1
+    assert (stats["cancels"], stats["jobs"][0]["id"], stats["jobs"][0]["status"]) == (1, job.job_id, "canceled")
 
 
 async def test_wrong_key_is_auth_error_without_the_key(
@@ -367,16 +456,46 @@ async def test_wrong_key_is_auth_error_without_the_key(
     assert sims.replicate_key not in str(caught.value)
 
 
-async def test_cancel_of_finished_prediction_is_a_no_op(
+async def test_cancel_outcomes_of_finished_and_unknown_predictions(
     replicate: ReplicateAdapter, klein: Deployment, control: SimControl
 ) -> None:
     result = await replicate.generate(klein, image_request())
+    [job] = result.jobs
+    assert job.cancel_url is not None
+    unknown = ProviderJob("replicate", "nosuchprediction", job.cancel_url.replace(job.job_id, "nosuchprediction"))
 
-    await replicate.cancel(result.jobs[0])
+    assert await replicate.cancel(job) is CancelOutcome.ALREADY_FINISHED  # 200, still succeeded: billed
+    assert await replicate.cancel(unknown) is CancelOutcome.NOT_FOUND  # 404
+    assert await replicate.cancel(ProviderJob("replicate", "x", None)) is CancelOutcome.NOT_FOUND  # no request
 
     stats = await control.stats()
-    assert (stats["calls"]["cancel"], stats["cancels"]) == (1, 0)
+    assert (stats["calls"]["cancel"], stats["cancels"]) == (2, 0)
     assert stats["jobs"][0]["status"] == "succeeded"
+
+
+async def test_cancel_of_a_failed_or_canceled_prediction_is_cancelled(
+    replicate: ReplicateAdapter, polling: ReplicateAdapter, klein: Deployment, control: SimControl
+) -> None:
+    await control.fault("model_error", "create", times=1)
+    events = Events()
+    with pytest.raises(ProviderUnavailable):
+        await replicate.generate(klein, image_request(), trace=events)
+    [failed] = events.started()  # failed without output: nothing billed, so as good as cancelled
+
+    assert await replicate.cancel(failed) is CancelOutcome.CANCELLED
+
+    await control.slow_jobs()
+    task = asyncio.create_task(polling.generate(klein, image_request(), trace=events))
+    await events.wait_for(2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    canceled = events.started()[1]
+    assert events.cancelled() == {canceled: CancelOutcome.CANCELLED}
+
+    assert await replicate.cancel(canceled) is CancelOutcome.CANCELLED  # again: still canceled
+    stats = await control.stats()
+    assert (stats["calls"]["cancel"], stats["cancels"]) == (3, 1)
 
 
 def test_retry_after_accepts_seconds_and_http_dates() -> None:

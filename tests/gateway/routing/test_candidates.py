@@ -2,7 +2,8 @@ import pytest
 
 from gateway.catalog import Catalog
 from gateway.exceptions import InvalidRequest
-from gateway.routing.candidates import CostRouter, eligible_candidates
+from gateway.routing.candidates import eligible_candidates
+from gateway.routing.policy import RoutePreferences, Router
 from gateway.settings import PROJECT_ROOT
 from gateway.types import ImageFormat, ImageRequest, InputImage, Mode
 
@@ -16,7 +17,9 @@ def _request(width: int, height: int, mode: Mode = Mode.GENERATE) -> ImageReques
 
 
 def _keys(name: str, request: ImageRequest) -> list[str]:
-    return [c.deployment.key for c in CostRouter().order(eligible_candidates(CATALOG.resolve(name), request))]
+    ref = CATALOG.resolve(name)
+    plan = Router().plan(eligible_candidates(ref, request), {}, ref.model.routing, RoutePreferences(), now=0.0)
+    return [r.key for r in plan.ranked]
 
 
 def test_cheapest_first_when_both_can_produce_the_size() -> None:
