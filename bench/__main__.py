@@ -1,6 +1,7 @@
 """Gateway overhead benchmark: the same image requests, direct to the simulators and through the gateway.
 
 `python -m bench [--requests N] [--concurrency C] [--provider replicate|fal]`
+`python -m bench --scenario failover [--fault http_500] [--breaker held|default]`
 
 The baseline ("direct") speaks the provider protocol from this process with the gateway's own adapter, so
 both paths make the same provider round trips; "via" sends OpenAI-shaped requests to a gateway process.
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -118,14 +120,9 @@ async def run(args: argparse.Namespace, sims_urls: dict[str, str], gateway_url: 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--provider", choices=("replicate", "fal"), default="replicate")
-    parser.add_argument("--run-ms", type=int, default=0, help="simulated provider run time")
-    args = parser.parse_args(argv)
-
+@contextlib.contextmanager
+def stack(run_ms: int, **gateway_env: str) -> Iterator[tuple[dict[str, str], str, int]]:
+    """Redis, both simulators and one gateway, on loopback; yields (simulator URLs, gateway URL, gateway pid)."""
     with tempfile.TemporaryDirectory(prefix="flux-bench-") as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis:
         fal_port, replicate_port, gateway_port = free_port(), free_port(), free_port()
         sims_urls = {"fal": f"http://127.0.0.1:{fal_port}", "replicate": f"http://127.0.0.1:{replicate_port}"}
@@ -133,14 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             "simulators",
             python_module(
                 "providers.simulators",
-                "--fal-port",
-                str(fal_port),
-                "--replicate-port",
-                str(replicate_port),
-                "--queue-ms",
-                "0",
-                "--run-ms",
-                str(args.run_ms),
+                *("--fal-port", str(fal_port), "--replicate-port", str(replicate_port)),
+                *("--queue-ms", "0", "--run-ms", str(run_ms)),
             ),
             [f"{url}/_sim/stats" for url in sims_urls.values()],
             env={"FAL_KEY": FAL_KEY, "REPLICATE_API_TOKEN": REPLICATE_KEY},
@@ -160,16 +151,74 @@ def main(argv: list[str] | None = None) -> int:
                 "GATEWAY_PROVIDER_INITIAL_POLL_INTERVAL_S": "0.005",
                 "GATEWAY_PROVIDER_MAX_POLL_INTERVAL_S": "0.02",
                 "GATEWAY_LOG_LEVEL": "warning",
+                **gateway_env,
             },
             log_dir=Path(tmp),
         )
-        try:
-            sims.start()
-            gateway.start()
-            result = asyncio.run(run(args, sims_urls, f"http://127.0.0.1:{gateway_port}", gateway.pid))
-        finally:
-            gateway.stop()
-            sims.stop()
+        with sims, gateway:
+            yield sims_urls, f"http://127.0.0.1:{gateway_port}", gateway.pid
+
+
+async def failover(args: argparse.Namespace, sims_urls: dict[str, str], gateway_url: str) -> dict:
+    """Latency of requests whose first provider (Replicate, the cheaper) fails, against fal called directly."""
+    catalog = Catalog.from_yaml(PROJECT_ROOT / "config" / "models.yaml")
+    fal_deployment = next(d for d in catalog.deployments if d.key == "fal/flux.2-klein-4b")
+    fal = adapter_class("fal")(
+        ProviderEndpoint(sims_urls["fal"], FAL_KEY, initial_poll_interval=0.005, max_poll_interval=0.02)
+    )
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    body = {"model": "flux.2-klein-4b", "prompt": "a lighthouse", "size": "1024x1024"}
+    async with httpx.AsyncClient(timeout=60) as client:
+        fault = {"kind": args.fault, "on": "create", "times": None}
+        (await client.post(f"{sims_urls['replicate']}/_sim/faults", json=fault)).raise_for_status()
+
+        async def direct_fal() -> None:
+            request = ImageRequest(f"bench-{time.perf_counter_ns()}", Mode.GENERATE, "a lighthouse", 1024, 1024)
+            await fal.generate(fal_deployment, request)
+
+        async def via() -> None:
+            response = await client.post(f"{gateway_url}/v1/images/generations", json=body, headers=headers)
+            response.raise_for_status()
+            assert response.headers["x-gateway-provider"] == "fal/flux.2-klein-4b"
+
+        results = {}
+        for name, call in (("direct_fal", direct_fal), ("via_failover", via)):
+            await closed_loop(call, 10, 1)
+            started = time.perf_counter()
+            latencies = await closed_loop(call, args.requests, 1)
+            results[name] = summary(name, latencies, time.perf_counter() - started)
+    await fal.aclose()
+    return {
+        "scenario": f"first provider answers {args.fault} on every request",
+        "breaker": args.breaker,
+        **results,
+        "failover_added_p50_ms": round(results["via_failover"]["p50_ms"] - results["direct_fal"]["p50_ms"], 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--scenario", choices=("overhead", "failover"), default="overhead")
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--provider", choices=("replicate", "fal"), default="replicate")
+    parser.add_argument("--run-ms", type=int, default=0, help="simulated provider run time")
+    parser.add_argument("--fault", default="http_500", help="failover: the fault the first provider answers with")
+    parser.add_argument(
+        "--breaker",
+        choices=("held", "default"),
+        default="held",
+        help="failover: 'held' keeps the breaker closed so every request fails over; 'default' lets it eject",
+    )
+    args = parser.parse_args(argv)
+    gateway_env = {}
+    if args.scenario == "failover" and args.breaker == "held":
+        gateway_env = {"GATEWAY_BREAKER_CONSECUTIVE_FAILURES": "1000000", "GATEWAY_BREAKER_MIN_REQUESTS": "1000000"}
+    with stack(args.run_ms, **gateway_env) as (sims_urls, gateway_url, gateway_pid):
+        if args.scenario == "failover":
+            result = asyncio.run(failover(args, sims_urls, gateway_url))
+        else:
+            result = asyncio.run(run(args, sims_urls, gateway_url, gateway_pid))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.redis_server import free_port
 from tests.e2e.conftest import Gateway, Simulators, UsageLog, catalog_with
 
 REPLICATE = "replicate/flux.2-klein-4b"
@@ -327,3 +328,27 @@ def test_bad_routing_input_is_400(gateway: Gateway, sims: Simulators) -> None:
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "x-gateway-timeout"
     assert sims.total_calls() == 0
+
+
+def test_connect_error_fails_over(start_gateway: Callable[..., Gateway], sims: Simulators) -> None:
+    gateway = start_gateway(GATEWAY_FAL_BASE_URL=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    response = _post(gateway, {**BODY, "provider": {"order": ["fal", "replicate"]}})
+    assert response.status_code == 200
+    assert response.headers["x-gateway-attempts"] == f"{FAL}=provider_unavailable, {REPLICATE}=ok"
+
+
+def test_auth_failure_ejects_the_deployment_without_failover(
+    start_gateway: Callable[..., Gateway], sims: Simulators, usage: UsageLog
+) -> None:
+    gateway = start_gateway(FAL_KEY="fal-wrong-key-for-this-test")
+    response = _post(gateway, {**BODY, "provider": {"order": ["fal", "replicate"]}})
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "provider_auth_error"
+    assert sims.replicate.calls() == 0, "an auth failure is the operator's to fix: no failover"
+    health = _providers(gateway)[FAL]["health"]
+    assert health["state"] == "open"
+    assert health["retry_in_s"] > 60
+    assert "rejected the gateway's credentials" in gateway.process.log_text()
+    assert "fal-wrong-key-for-this-test" not in gateway.process.log_text()
+    # With fal ejected, the next request goes straight to Replicate.
+    assert _post(gateway).headers["x-gateway-attempts"] == f"{REPLICATE}=ok"
