@@ -27,10 +27,8 @@ from gateway.types import (
     CancelOutcome,
     ImageFormat,
     ImageRequest,
-    InputImage,
     JobCancelled,
     JobStarted,
-    Mode,
     ProviderJob,
     TraceEvent,
 )
@@ -38,87 +36,19 @@ from providers.base import ProviderEndpoint
 from providers.fal import FalAdapter, FalConventions
 from providers.http import SameOriginAuth
 from providers.simulators.server import SimulatorThread
+from tests.providers.harness import Events, SimControl, endpoint, png
+from tests.providers.harness import image_request as build_request
 
 CATALOG = Path(__file__).resolve().parents[2] / "config" / "models.yaml"
-SLOW_RUN_MS = 5000  # long enough that a job is still running when the adapter cancels it
-
-
-class SimControl:
-    """The simulator's /_sim control routes (plain HTTP, no auth)."""
-
-    def __init__(self, client: httpx.AsyncClient, base_url: str) -> None:
-        self.client = client
-        self.base = f"{base_url.rstrip('/')}/_sim"
-
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
-        response = await self.client.request(method, f"{self.base}/{path}", json=body)
-        response.raise_for_status()
-        return response.json()
-
-    async def fault(self, kind: str, on: str = "any", times: int | None = None, retry_after: float = 1) -> None:
-        await self._call("POST", "faults", {"kind": kind, "on": on, "times": times, "retry_after": retry_after})
-
-    async def slow_jobs(self) -> None:
-        await self._call("POST", "config", {"run_ms": SLOW_RUN_MS})
-
-    async def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = await self._call("GET", "stats")
-        return stats
-
-
-class Events(list[TraceEvent]):
-    """A trace callback that records what the adapter reports, in order."""
-
-    def __call__(self, event: TraceEvent) -> None:
-        self.append(event)
-
-    def started(self) -> list[ProviderJob]:
-        return [event.job for event in self if isinstance(event, JobStarted)]
-
-    async def wait_for(self, count: int, within: float = 2) -> None:
-        """Until `count` events arrived (some are reported in the background), or `within` s passed."""
-        for _ in range(int(within / 0.01)):
-            if len(self) >= count:
-                return
-            await asyncio.sleep(0.01)
 
 
 def fal_endpoint(sims: SimulatorThread, *, api_key: str | None = None, read_timeout: float = 5) -> ProviderEndpoint:
-    return ProviderEndpoint(
-        base_url=sims.fal_url,
-        api_key=sims.fal_key if api_key is None else api_key,
-        connect_timeout=2,
-        read_timeout=read_timeout,
-        initial_poll_interval=0.005,
-        max_poll_interval=0.02,
-    )
+    return endpoint(sims.fal_url, sims.fal_key if api_key is None else api_key, read_timeout=read_timeout)
 
 
-def png(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> InputImage:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, "PNG")
-    return InputImage(data=buffer.getvalue(), format=ImageFormat.PNG, width=size[0], height=size[1])
-
-
-def image_request(
-    *,
-    n: int = 1,
-    size: tuple[int, int] = (1024, 768),
-    output_format: ImageFormat = ImageFormat.PNG,
-    seed: int | None = None,
-    images: tuple[InputImage, ...] = (),
-) -> ImageRequest:
-    return ImageRequest(
-        request_id="req-test",
-        mode=Mode.EDIT if images else Mode.GENERATE,
-        prompt="a lighthouse at dusk",
-        width=size[0],
-        height=size[1],
-        n=n,
-        output_format=output_format,
-        seed=seed,
-        images=images,
-    )
+def image_request(**fields: Any) -> ImageRequest:
+    """fal takes any size: 1024x768 by default here, so a size mix-up would show."""
+    return build_request(**{"size": (1024, 768), **fields})
 
 
 @pytest.fixture(scope="module")
