@@ -352,3 +352,12 @@ def test_auth_failure_ejects_the_deployment_without_failover(
     assert "fal-wrong-key-for-this-test" not in gateway.process.log_text()
     # With fal ejected, the next request goes straight to Replicate.
     assert _post(gateway).headers["x-gateway-attempts"] == f"{REPLICATE}=ok"
+
+
+def test_spent_retry_budget_stops_failover(start_gateway: Callable[..., Gateway], sims: Simulators) -> None:
+    gateway = start_gateway(GATEWAY_RETRY_BUDGET_RATIO="0", GATEWAY_RETRY_BUDGET_MIN="0")
+    sims.replicate.fault("http_500", on="create", times=1)
+    response = _post(gateway)
+    assert response.status_code == 502
+    assert "retry budget" in response.json()["error"]["message"]
+    assert sims.fal.calls() == 0, "no failover beyond the budget"
