@@ -29,6 +29,7 @@ class UsageRecord:
     latency_ms: int
     outcome: str  # "ok" or the error code the client got
     reserved_micros: int  # what admission reserved for this request: released on settle
+    input_images: int = 0
 
     def to_fields(self) -> dict[str, str]:
         """Flat string fields, for a Redis stream entry or a spool line."""
@@ -52,4 +53,7 @@ class UsageRecord:
             "latency_ms",
             "reserved_micros",
         }
-        return cls(**{name: int(text[name]) if name in ints else text[name] for name in cls.__dataclass_fields__})
+        values = {
+            name: int(text[name]) if name in ints else text[name] for name in cls.__dataclass_fields__ if name in text
+        }
+        return cls(**values)
