@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
-from gateway.api import health, images, models, providers
+from gateway.accounts.authenticator import Authenticator
+from gateway.accounts.store import AccountStore
+from gateway.api import admin, health, images, models, providers, usage
 from gateway.api.errors import install_error_handlers
-from gateway.auth import KeyVerifier
 from gateway.catalog import Catalog
 from gateway.dispatch import Dispatcher
 from gateway.health_store import HealthStore
 from gateway.image_fetch import ImageFetcher
+from gateway.metering.admission import AdmissionControl
+from gateway.metering.idempotency import IdempotencyStore
+from gateway.metering.ledger import Ledger
+from gateway.metering.quota import Quota
+from gateway.metering.settlement import Settlement
+from gateway.metering.spool import SpoolReplayer, UsageSpool
 from gateway.middleware import BodySizeLimitMiddleware, CancelOnDisconnectMiddleware, RequestIdMiddleware
 from gateway.routing.policy import Router
 from gateway.routing.retry_budget import RetryBudget
 from gateway.services import Services
 from gateway.settings import Settings
-from gateway.usage import UsageMeter
 from providers import ProviderAdapter, adapter_class
 
 log = logging.getLogger("gateway")
@@ -37,16 +44,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if not settings.redis_url:
         raise RuntimeError("GATEWAY_REDIS_URL is not set; `flux-gateway serve` starts an embedded Redis for you.")
     catalog = Catalog.from_yaml(settings.catalog_path)
-    keys = KeyVerifier(settings.admin_key.get_secret_value())
+    admin_key = settings.admin_key.get_secret_value()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = Redis.from_url(
+        # A blocking pool: with redis-py's default (100, then an error), a busy instance would read a full pool
+        # as "Redis is down" and, under the fail-open policy, admit requests without limits.
+        pool = BlockingConnectionPool.from_url(
             settings.redis_url or "",
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_timeout_s,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
             health_check_interval=30,
         )
+        redis = Redis(connection_pool=pool)
         adapters: dict[str, ProviderAdapter] = {
             provider: adapter_class(provider)(settings.provider_endpoint(provider))
             for provider in sorted({d.provider for d in catalog.deployments})
@@ -59,21 +71,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             settings.max_output_image_bytes,
         )
+        accounts = AccountStore(redis)
         health = HealthStore(redis, settings.breaker_policy(), cache_ttl_s=settings.health_cache_ttl_s)
-        budget = RetryBudget(ratio=settings.retry_budget_ratio, min_retries=settings.retry_budget_min)
+        quota = Quota(redis)
+        ledger = Ledger(redis)
+        spool = UsageSpool(settings.data_dir / "spool")
+        replayer = asyncio.create_task(
+            SpoolReplayer(spool, ledger.settle, interval_s=settings.spool_replay_interval_s).run()
+        )
         app.state.services = Services(
             settings=settings,
             catalog=catalog,
-            keys=keys,
+            accounts=accounts,
+            authenticator=Authenticator(
+                accounts,
+                admin_key,
+                cache_ttl_s=settings.auth_cache_ttl_s,
+                stale_ttl_s=settings.auth_stale_ttl_s,
+            ),
             router=Router(),
             health=health,
-            dispatcher=Dispatcher(adapters, UsageMeter(redis), health, budget),
+            admission=AdmissionControl(quota, fail_open=settings.budget_policy_on_redis_down == "open"),
+            dispatcher=Dispatcher(
+                adapters,
+                health,
+                RetryBudget(ratio=settings.retry_budget_ratio, min_retries=settings.retry_budget_min),
+            ),
+            settlement=Settlement(ledger, quota, spool),
+            ledger=ledger,
+            idempotency=IdempotencyStore(redis, ttl_s=settings.idempotency_ttl_s),
+            spool=spool,
             fetcher=fetcher,
             redis=redis,
         )
         try:
             yield
         finally:
+            replayer.cancel()
+            await asyncio.gather(replayer, return_exceptions=True)
             for adapter in adapters.values():
                 await adapter.aclose()
             await fetcher.aclose()
@@ -91,6 +126,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(providers.router)
+    app.include_router(usage.router)
+    app.include_router(admin.router)
 
     def body_limit(path: str) -> int:
         return (

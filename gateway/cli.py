@@ -1,4 +1,4 @@
-"""`flux-gateway`: run the gateway (`serve`) or the provider simulators (`simulate`)."""
+"""`flux-gateway`: run the gateway (`serve`) or the provider simulators (`simulate`); manage `teams` and `keys`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 import uvicorn
 from pydantic import SecretStr
 
+from gateway import admin_cli
 from gateway.child_server import ChildServer, python_module
 from gateway.redis_server import EmbeddedRedis
 from gateway.settings import Settings
@@ -40,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the fal and Replicate simulators (flags: see `flux-gateway simulate --help`)",
         add_help=False,
     )
+    admin_cli.add_commands(commands)
     args, rest = parser.parse_known_args(argv)
     if args.command == "simulate":
         from providers.simulators.server import main as simulate_main
@@ -47,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return simulate_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command in admin_cli.COMMANDS:
+        return admin_cli.run(args)
     return _serve(args)
 
 
@@ -76,7 +80,7 @@ def _serve(args: argparse.Namespace) -> int:
                 }
             )
         if not settings.redis_url:
-            redis = stack.enter_context(EmbeddedRedis(settings.data_dir))
+            redis = stack.enter_context(EmbeddedRedis(settings.data_dir, fsync=settings.embedded_redis_fsync))
             settings = settings.model_copy(update={"redis_url": redis.url})
             print(f"embedded redis-server on {redis.url} (AOF in {redis.data_dir})", flush=True)
         _print_banner(settings, simulated=args.simulate)

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 
 from gateway.exceptions import (
@@ -37,7 +37,6 @@ from gateway.routing.health import Admission, AttemptOutcome
 from gateway.routing.policy import RankedCandidate, RoutePlan, output_megapixels
 from gateway.routing.retry_budget import RetryBudget
 from gateway.types import CancelOutcome, ImageRequest, JobCancelled, JobStarted, ProviderJob, ProviderResult, TraceEvent
-from gateway.usage import UsageEvent, UsageMeter
 from providers.base import ProviderAdapter
 
 log = logging.getLogger("gateway.dispatch")
@@ -64,6 +63,44 @@ class Served:
     attempts: tuple[Attempt, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptReport:
+    """One attempt as metering sees it: what it was, how it ended, what the provider may bill for it."""
+
+    deployment_key: str
+    outcome: str
+    disposition: str  # served | wasted | failed | cancelled | unconfirmed
+    cost_micros: int
+    elapsed_s: float
+    jobs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchReport:
+    """Everything one dispatch did, handed to the `report` callback exactly once (and again, `late`, only
+    for a provider job whose cancel outcome arrived after that)."""
+
+    request: ImageRequest
+    model_id: str
+    attempts: tuple[AttemptReport, ...]
+    served: RankedCandidate | None
+    outcome: str  # "ok", or the error code the client gets ("cancelled" when the client went away)
+    late: bool = False
+
+    @property
+    def billed_micros(self) -> int:
+        """What the team pays: the served attempt's cost."""
+        return sum(a.cost_micros for a in self.attempts if a.disposition == "served")
+
+    @property
+    def provider_cost_micros(self) -> int:
+        """What the providers may bill: every attempt's cost, served or not."""
+        return sum(a.cost_micros for a in self.attempts)
+
+
+Report = Callable[[DispatchReport], Awaitable[None]]
+
+
 @dataclass(eq=False)
 class _Run:
     """The mutable record of one attempt while it runs; its trace callback collects provider jobs."""
@@ -78,15 +115,15 @@ class _Run:
     jobs: dict[str, ProviderJob] = field(default_factory=dict)
     cancels: dict[str, CancelOutcome] = field(default_factory=dict)
     metered: bool = False
-    late: list[JobCancelled] = field(default_factory=list)
+    on_late: Callable[[JobCancelled], None] | None = None
 
     def trace(self, event: TraceEvent) -> None:
         if isinstance(event, JobStarted):
             self.jobs[event.job.job_id] = event.job
         elif isinstance(event, JobCancelled):
             self.cancels[event.job.job_id] = event.outcome
-            if self.metered:
-                self.late.append(event)
+            if self.metered and self.on_late is not None:
+                self.on_late(event)
 
     def finish(self, outcome: str, now: float) -> None:
         self.outcome = outcome
@@ -96,88 +133,103 @@ class _Run:
         return Attempt(self.ranked.key, self.outcome, self.elapsed_s)
 
 
+@dataclass(eq=False)
+class _State:
+    """One dispatch's progress."""
+
+    queue: deque[RankedCandidate]
+    model_id: str
+    running: dict[asyncio.Task[ProviderResult], _Run] = field(default_factory=dict)
+    runs: list[_Run] = field(default_factory=list)
+    errors: list[GatewayError] = field(default_factory=list)
+    winner: _Run | None = None
+    result: ProviderResult | None = None
+    hedged: bool = False
+    budget_exhausted: bool = False
+
+
 class Dispatcher:
     """Runs a `RoutePlan` against the provider adapters; see the module docstring for the rules."""
 
-    def __init__(
-        self,
-        adapters: Mapping[str, ProviderAdapter],
-        meter: UsageMeter,
-        health: HealthStore,
-        budget: RetryBudget,
-    ) -> None:
+    def __init__(self, adapters: Mapping[str, ProviderAdapter], health: HealthStore, budget: RetryBudget) -> None:
         self._adapters = adapters
-        self._meter = meter
         self._health = health
         self._budget = budget
         self._background: set[asyncio.Task[None]] = set()
 
     async def dispatch(
-        self, request: ImageRequest, plan: RoutePlan, deadline: float, hedge: HedgeConfig | None = None
+        self,
+        request: ImageRequest,
+        plan: RoutePlan,
+        deadline: float,
+        hedge: HedgeConfig | None = None,
+        *,
+        report: Report | None = None,
     ) -> Served:
-        """Serve `request` following `plan`; `deadline` is in event-loop time."""
+        """Serve `request` following `plan`; `deadline` is in event-loop time.
+
+        `report` receives the `DispatchReport` once every attempt is over, however dispatch ends
+        (success, error, or the caller's cancellation): the one place usage is metered from.
+        """
         if not plan.ranked:
             raise nothing_to_try(plan)
-        loop = asyncio.get_running_loop()
-        queue = deque(plan.ranked)
-        running: dict[asyncio.Task[ProviderResult], _Run] = {}
-        runs: list[_Run] = []
-        errors: list[GatewayError] = []
-        winner: _Run | None = None
-        winning_result: ProviderResult | None = None
-        budget_exhausted = False
-        hedged = False
+        state = _State(deque(plan.ranked), plan.ranked[0].candidate.deployment.model_id)
+        outcome = "cancelled"  # unless we leave by a result or an error
         with self._budget.request():
             try:
-                while True:
-                    if not running:
-                        started = await self._start_next(queue, running, runs, request, deadline)
-                        if started is None:
-                            break
-                        if not started:
-                            budget_exhausted = True
-                            break
-                    hedge_at = None if hedged else self._hedge_time(hedge, running, queue, loop.time())
-                    wake = min(deadline, hedge_at) if hedge_at is not None else deadline
-                    done, _ = await asyncio.wait(
-                        running, timeout=max(0.0, wake - loop.time()), return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if not done:
-                        if loop.time() >= deadline:
-                            break
-                        hedged = True  # at most one hedge per request, started or refused
-                        await self._start_next(queue, running, runs, request, deadline, hedging=True)
-                        continue
-                    for task in done:
-                        run = running.pop(task)
-                        result = await self._settle(run, task, errors, loop.time())
-                        if result is not None:
-                            winner, winning_result = run, result
-                            break
-                    if winner is not None:
-                        break
+                await self._run_plan(state, request, deadline, hedge)
+                await self._abandon(state.running, asyncio.get_running_loop().time())
+                if state.winner is not None and state.result is not None:
+                    outcome = "ok"
+                    return Served(state.winner.ranked, state.result, tuple(r.public() for r in state.runs))
+                out_of_time = asyncio.get_running_loop().time() >= deadline - MIN_ATTEMPT_S
+                raise _final_error(state.errors, state.runs, out_of_time, state.budget_exhausted)
+            except GatewayError as exc:
+                outcome = exc.code or "error"
+                raise
             finally:
-                await self._abandon(running, loop.time())
-                for run in runs:
+                await self._abandon(state.running, asyncio.get_running_loop().time())
+                for run in state.runs:
                     if run.holds_retry:
                         self._budget.release_retry()
-                await asyncio.shield(self._meter_runs(request, runs, winner))
-        if winner is not None and winning_result is not None:
-            return Served(winner.ranked, winning_result, tuple(r.public() for r in runs))
-        raise _final_error(errors, runs, loop.time() >= deadline - MIN_ATTEMPT_S, budget_exhausted)
+                if report is not None:
+                    await asyncio.shield(self._report(report, request, state, outcome))
+
+    async def _run_plan(self, state: _State, request: ImageRequest, deadline: float, hedge: HedgeConfig | None) -> None:
+        """Start, hedge and settle attempts until one wins, the plan runs out, or time does."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not state.running:
+                started = await self._start_next(state, request, deadline)
+                if started is None:
+                    return
+                if not started:
+                    state.budget_exhausted = True
+                    return
+            hedge_at = None if state.hedged else self._hedge_time(hedge, state, loop.time())
+            wake = min(deadline, hedge_at) if hedge_at is not None else deadline
+            done, _ = await asyncio.wait(
+                state.running, timeout=max(0.0, wake - loop.time()), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                if loop.time() >= deadline:
+                    return
+                state.hedged = True  # at most one hedge per request, started or refused
+                await self._start_next(state, request, deadline, hedging=True)
+                continue
+            for task in done:
+                run = state.running.pop(task)
+                result = await self._settle(run, task, state.errors, loop.time())
+                if result is not None:
+                    state.winner, state.result = run, result
+                    return
 
     async def _start_next(
-        self,
-        queue: deque[RankedCandidate],
-        running: dict[asyncio.Task[ProviderResult], _Run],
-        runs: list[_Run],
-        request: ImageRequest,
-        deadline: float,
-        *,
-        hedging: bool = False,
+        self, state: _State, request: ImageRequest, deadline: float, *, hedging: bool = False
     ) -> bool | None:
         """Start the next admissible candidate. None: none left (or no time); False: retry budget spent."""
         loop = asyncio.get_running_loop()
+        queue, running, runs = state.queue, state.running, state.runs
         while queue:
             remaining = deadline - loop.time()
             if remaining < MIN_ATTEMPT_S:
@@ -247,16 +299,11 @@ class Dispatcher:
         return result
 
     @staticmethod
-    def _hedge_time(
-        hedge: HedgeConfig | None,
-        running: dict[asyncio.Task[ProviderResult], _Run],
-        queue: deque[RankedCandidate],
-        now: float,
-    ) -> float | None:
+    def _hedge_time(hedge: HedgeConfig | None, state: _State, now: float) -> float | None:
         """When to start a hedge: only with one attempt in flight and another candidate waiting."""
-        if hedge is None or not hedge.enabled or len(running) != 1 or not queue:
+        if hedge is None or not hedge.enabled or len(state.running) != 1 or not state.queue:
             return None
-        (run,) = running.values()
+        (run,) = state.running.values()
         delay = hedge.delay_s if hedge.delay_s is not None else run.ranked.p95_latency_s
         if delay is None:
             return None  # no p95 measured yet: nothing to base a hedge on
@@ -274,30 +321,25 @@ class Dispatcher:
         for task, run in running.items():
             if task.done() and not task.cancelled() and task.exception() is None:
                 run.completed = True  # it delivered just as we gave up on it: the provider bills it
+        running.clear()
 
-    async def _meter_runs(self, request: ImageRequest, runs: list[_Run], winner: _Run | None) -> None:
-        for run in runs:
-            await self._meter.record(_usage_event(request, run, winner))
+    async def _report(self, report: Report, request: ImageRequest, state: _State, outcome: str) -> None:
+        attempts = tuple(_attempt_report(run, state.winner) for run in state.runs)
+        served = state.winner.ranked if state.winner is not None and outcome == "ok" else None
+        await report(DispatchReport(request, state.model_id, attempts, served, outcome))
+        for run in state.runs:
             run.metered = True
-            if run.late:  # pragma: no cover - depends on provider timing
-                self._spawn(self._meter_late(request, run))
+            run.on_late = lambda event, run=run: self._spawn(self._report_late(report, request, run, event))
 
-    async def _meter_late(self, request: ImageRequest, run: _Run) -> None:
-        """A cancel outcome that arrived after the attempt was metered (a create that was still in flight)."""
-        for event in run.late:
-            if event.outcome in (CancelOutcome.ALREADY_FINISHED, CancelOutcome.FAILED):
-                cost = math.ceil(run.ranked.candidate.usage.cost_micros / max(len(run.jobs), 1))
-                event_record = UsageEvent.for_attempt(
-                    request,
-                    run.ranked.candidate,
-                    "late_cancel",
-                    0.0,
-                    (event.job,),
-                    disposition="wasted",
-                    cost_micros=cost,
-                )
-                await self._meter.record(event_record)
-        run.late.clear()
+    @staticmethod
+    async def _report_late(report: Report, request: ImageRequest, run: _Run, event: JobCancelled) -> None:
+        """A cancel outcome that arrived after the dispatch was reported (a create was still in flight)."""
+        if event.outcome not in (CancelOutcome.ALREADY_FINISHED, CancelOutcome.FAILED):
+            return
+        cost = math.ceil(run.ranked.candidate.usage.cost_micros / max(len(run.jobs), 1))
+        late = AttemptReport(run.ranked.key, "late_cancel", "wasted", cost, 0.0, (event.job.job_id,))
+        model_id = run.ranked.candidate.deployment.model_id
+        await report(DispatchReport(request, model_id, (late,), None, "late_cancel", late=True))
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coro)
@@ -305,25 +347,21 @@ class Dispatcher:
         task.add_done_callback(self._background.discard)
 
 
-def _usage_event(request: ImageRequest, run: _Run, winner: _Run | None) -> UsageEvent:
-    """One usage event per attempt: what the provider may bill for it, and whether the team got it."""
-    candidate = run.ranked.candidate
-    cost = candidate.usage.cost_micros
-    jobs = tuple(run.jobs.values())
+def _attempt_report(run: _Run, winner: _Run | None) -> AttemptReport:
+    """What the provider may bill for one attempt, and whether the team got it."""
+    cost = run.ranked.candidate.usage.cost_micros
     if run is winner:
         disposition, spent = "served", cost
     elif run.completed:
         disposition, spent = "wasted", cost  # it finished, but another attempt was served
     elif (finished := sum(o is CancelOutcome.ALREADY_FINISHED for o in run.cancels.values())) > 0:
-        disposition, spent = "wasted", math.ceil(cost * finished / max(len(jobs), 1))
+        disposition, spent = "wasted", math.ceil(cost * finished / max(len(run.jobs), 1))
     elif any(o is CancelOutcome.FAILED for o in run.cancels.values()) or set(run.jobs) - set(run.cancels):
         # A job we could not confirm stopped (cancel failed, or we never heard back): it may still bill.
         disposition, spent = ("unconfirmed", cost) if run.outcome == "cancelled" else ("failed", 0)
     else:
         disposition, spent = ("cancelled", 0) if run.outcome == "cancelled" else ("failed", 0)
-    return UsageEvent.for_attempt(
-        request, candidate, run.outcome, run.elapsed_s, jobs, disposition=disposition, cost_micros=spent
-    )
+    return AttemptReport(run.ranked.key, run.outcome, disposition, spent, run.elapsed_s, tuple(run.jobs))
 
 
 def nothing_to_try(plan: RoutePlan) -> GatewayError:

@@ -8,7 +8,13 @@ nothing provider-specific (status codes, bodies, keys) travels past it. The API 
     ├── InvalidRequest             400 invalid_request_error   client input is wrong (carries `param`)
     │   └── PayloadTooLarge        413 invalid_request_error   an upload over the configured cap
     ├── AuthenticationFailed       401 authentication_error    missing or unknown gateway key
+    ├── PermissionDenied           403 permission_error        a valid key without the right (admin routes)
     ├── ModelNotFound              404 invalid_request_error   code model_not_found
+    ├── NotFound                   404 invalid_request_error   an unknown team or key (admin API)
+    ├── Conflict                   409 invalid_request_error   the thing being created already exists
+    ├── AuthUnavailable            503 server_error            Redis is down and the key is not in the local cache
+    ├── QuotaExceeded              429 rate_limit_error        rpm / concurrency limit, or insufficient_quota (budget)
+    ├── MeteringUnavailable        503 server_error            Redis is down and budgets are set to fail closed
     ├── DeadlineExceeded           504 timeout_error           the request's deadline ran out
     ├── NoHealthyDeployment        503 server_error            every deployment is ejected (carries retry_after)
     └── ProviderError              a provider failed (raised by adapters only)
@@ -33,6 +39,7 @@ class GatewayError(Exception):
     error_type: str = "server_error"
     code: str | None = None
     retry_after: float | None = None  # seconds; sent as `retry-after` when set
+    headers: dict[str, str] | None = None  # extra response headers (e.g. x-ratelimit-*)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -44,6 +51,8 @@ class GatewayError(Exception):
     @property
     def retryable(self) -> bool:
         """Whether the client may get a different answer by retrying (drives `x-should-retry`)."""
+        if self.code == "insufficient_quota":
+            return False  # the budget will not refill in the seconds an SDK waits between retries
         return self.status_code >= 500 or self.status_code == 429
 
 
@@ -62,10 +71,61 @@ class AuthenticationFailed(GatewayError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(GatewayError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
 class ModelNotFound(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "model_not_found"
+
+
+class NotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class Conflict(GatewayError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
+class AuthUnavailable(GatewayError):
+    status_code = 503
+    error_type = "server_error"
+    code = "auth_unavailable"
+
+
+class QuotaExceeded(GatewayError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        error_type: str | None = None,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        if error_type is not None:
+            self.error_type = error_type
+        self.retry_after = retry_after
+        self.headers = headers
+
+
+class MeteringUnavailable(GatewayError):
+    status_code = 503
+    error_type = "server_error"
+    code = "metering_unavailable"
 
 
 class DeadlineExceeded(GatewayError):

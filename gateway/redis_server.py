@@ -33,10 +33,14 @@ def redis_server_binary() -> str:
 class EmbeddedRedis:
     """A redis-server child process; use as a context manager or call start()/stop()."""
 
-    def __init__(self, data_dir: str | Path, *, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self, data_dir: str | Path, *, port: int | None = None, appendonly: bool = True, fsync: str = "always"
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.appendonly = appendonly
+        # "always": a settled usage record survives even a crash of Redis itself; "everysec" risks the last second.
+        self.fsync = fsync
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -51,7 +55,7 @@ class EmbeddedRedis:
             "--port", str(self.port),
             "--dir", str(self.data_dir),
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.fsync,
             "--save", "",
             "--protected-mode", "yes",
             "--daemonize", "no",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,7 +30,10 @@ class Settings(BaseSettings):
     # Redis: an external URL, or (unset) an embedded redis-server with AOF persistence under data_dir.
     redis_url: str | None = None
     data_dir: Path = Path(".data")
+    # The embedded Redis's AOF fsync policy: "always" keeps every settled usage record through a Redis crash.
+    embedded_redis_fsync: Literal["always", "everysec"] = "always"
     redis_timeout_s: float = 2.0
+    redis_max_connections: int = Field(default=1000, ge=1)
 
     # Providers: base URLs are settings so the real services and the simulators are one code path.
     fal_base_url: str = "https://queue.fal.run"
@@ -59,6 +63,16 @@ class Settings(BaseSettings):
     breaker_successes_to_close: int = Field(default=2, ge=1)
     breaker_auth_open_s: float = Field(default=300.0, gt=0)
     health_cache_ttl_s: float = Field(default=0.25, ge=0)
+
+    # Teams and keys: how long a key check is trusted (revocation reaches every instance within this),
+    # and how long a cached key keeps working while Redis is unreachable.
+    auth_cache_ttl_s: float = Field(default=2.0, ge=0)
+    auth_stale_ttl_s: float = Field(default=300.0, ge=0)
+    # While Redis is down: "open" serves and spools usage (budgets are enforced again when it is back),
+    # "closed" refuses team requests with 503 rather than risk overspending a budget.
+    budget_policy_on_redis_down: Literal["open", "closed"] = "open"
+    spool_replay_interval_s: float = Field(default=2.0, gt=0)
+    idempotency_ttl_s: float = Field(default=86_400.0, gt=0)
 
     # Retry budget (per instance): failover retries in flight <= max(min, ratio * requests in flight).
     retry_budget_ratio: float = Field(default=0.2, ge=0)

@@ -31,8 +31,8 @@ def error_response(
 
 
 def gateway_error_response(exc: GatewayError) -> Response:
-    headers = {"x-should-retry": "true" if exc.retryable else "false"}
-    if exc.retry_after is not None or exc.status_code in (429, 503):
+    headers = {**(exc.headers or {}), "x-should-retry": "true" if exc.retryable else "false"}
+    if exc.retryable and (exc.retry_after is not None or exc.status_code in (429, 503)):
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after or 1)))
     return error_response(exc.status_code, exc.message, exc.error_type, param=exc.param, code=exc.code, headers=headers)
 

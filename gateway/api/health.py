@@ -23,13 +23,17 @@ async def healthz() -> Response:
 
 @router.get("/readyz")
 async def readyz(svc: Annotated[Services, Depends(services)]) -> Response:
-    """Readiness: 200 only when Redis answers a PING in time and the catalog has models."""
+    """Readiness: 200 when the catalog is loaded; `degraded` while Redis is down (still serving, spooling)."""
     try:
         async with asyncio.timeout(svc.settings.redis_timeout_s):
             redis_ok = bool(await svc.redis.ping())
     except (RedisError, OSError, TimeoutError):
         redis_ok = False
     catalog = {"models": len(svc.catalog.models), "deployments": len(svc.catalog.deployments)}
-    ready = redis_ok and catalog["models"] > 0
-    body = {"status": "ready" if ready else "unavailable", "redis": "ok" if redis_ok else "down", "catalog": catalog}
-    return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
+    status = "unavailable" if not catalog["models"] else "ready" if redis_ok else "degraded"
+    body: dict[str, object] = {"status": status, "redis": "ok" if redis_ok else "down", "catalog": catalog}
+    if not redis_ok:
+        body["spooled_usage_records"] = svc.spool.pending()
+    return Response(
+        orjson.dumps(body), status_code=503 if status == "unavailable" else 200, media_type="application/json"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Annotated, Any
@@ -14,13 +15,15 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.responses import Response
 
+from gateway.api.idempotent import IDEMPOTENCY_HEADER, idempotent
 from gateway.api.route_preview import route_preview
 from gateway.catalog import ModelRef
-from gateway.dispatch import Served
-from gateway.exceptions import InvalidRequest, ModelNotFound
+from gateway.dispatch import Served, nothing_to_try
+from gateway.exceptions import InvalidRequest, ModelNotFound, PermissionDenied
+from gateway.metering.admission import rate_headers
 from gateway.pricing import format_usd
 from gateway.routing.candidates import eligible_candidates
-from gateway.services import Services, authenticated
+from gateway.services import Caller, Services, authenticated
 from gateway.types import ImageRequest, InputImage, Mode
 from gateway.validation import ImageParams, build_request, decode_images, parse_params
 
@@ -31,10 +34,16 @@ TIMEOUT_HEADER = "x-gateway-timeout"
 
 
 @router.post("/v1/images/generations")
-async def create_image(request: Request, svc: Annotated[Services, Depends(authenticated)]) -> Response:
+async def create_image(request: Request, caller: Annotated[Caller, Depends(authenticated)]) -> Response:
     """Text to image."""
+    body = await request.body()
+    return await idempotent(caller, request, body, lambda: _generate(caller, request, body))
+
+
+async def _generate(caller: Caller, request: Request, body: bytes) -> Response:
+    svc = caller.svc
     try:
-        fields = orjson.loads(await request.body())
+        fields = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidRequest(
             "The request body is not valid JSON. Send a JSON object with Content-Type: application/json."
@@ -42,12 +51,20 @@ async def create_image(request: Request, svc: Annotated[Services, Depends(authen
     if not isinstance(fields, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     params = parse_params(fields, max_prompt_chars=svc.settings.max_prompt_chars)
-    return await _serve(svc, request, params, Mode.GENERATE)
+    return await _serve(caller, request, params, Mode.GENERATE)
 
 
 @router.post("/v1/images/edits")
-async def edit_image(request: Request, svc: Annotated[Services, Depends(authenticated)]) -> Response:
+async def edit_image(request: Request, caller: Annotated[Caller, Depends(authenticated)]) -> Response:
     """Image(s) + prompt to image. Accepts `image`, `image[]` and repeated `image` file fields, in order."""
+    if request.headers.get(IDEMPOTENCY_HEADER) is None:
+        return await _edit(caller, request)
+    body = await request.body()  # the whole request is what a retry must repeat
+    return await idempotent(caller, request, body, lambda: _edit(caller, request))
+
+
+async def _edit(caller: Caller, request: Request) -> Response:
+    svc = caller.svc
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidRequest("Send /v1/images/edits as multipart/form-data with the images in 'image' fields.")
     try:
@@ -69,7 +86,7 @@ async def edit_image(request: Request, svc: Annotated[Services, Depends(authenti
             elif isinstance(value, str):
                 fields[key] = value
         params = parse_params(fields, max_prompt_chars=svc.settings.max_prompt_chars)
-        _resolve(svc, params)  # an unknown model is a 404 before any image is decoded
+        _resolve(caller, params)  # an unknown model is a 404 before any image is decoded
         settings = svc.settings
         images = await decode_images(
             uploads,
@@ -79,28 +96,32 @@ async def edit_image(request: Request, svc: Annotated[Services, Depends(authenti
         )
     finally:
         await form.close()  # uploaded files may be spooled to disk
-    return await _serve(svc, request, params, Mode.EDIT, images, has_mask)
+    return await _serve(caller, request, params, Mode.EDIT, images, has_mask)
 
 
-def _resolve(svc: Services, params: ImageParams) -> ModelRef:
-    ref = svc.catalog.resolve(params.model)
+def _resolve(caller: Caller, params: ImageParams) -> ModelRef:
+    catalog = caller.svc.catalog
+    ref = catalog.resolve(params.model)
     if ref is None:
-        known = ", ".join(m.id for m in svc.catalog.models)
+        known = ", ".join(m.id for m in catalog.models)
         raise ModelNotFound(f"The model '{params.model}' does not exist. Available models: {known}.", param="model")
+    if not caller.principal.may_use(ref.model.id):
+        raise PermissionDenied(f"This API key may not use '{ref.model.id}'; ask an admin to allow it.", param="model")
     return ref
 
 
 async def _serve(
-    svc: Services,
+    caller: Caller,
     request: Request,
     params: ImageParams,
     mode: Mode,
     images: tuple[InputImage, ...] = (),
     has_mask: bool = False,
 ) -> Response:
+    svc = caller.svc
     started = time.perf_counter()
     deadline = asyncio.get_running_loop().time() + _timeout_s(request, svc)
-    ref = _resolve(svc, params)
+    ref = _resolve(caller, params)
     image_request = build_request(
         params, ref.model, mode, request_id=request.scope["state"]["request_id"], images=images, has_mask=has_mask
     )
@@ -109,7 +130,13 @@ async def _serve(
     plan = svc.router.plan(candidates, health, ref.model.routing, params.route, time.time())
     if request.query_params.get("dry_run", "").lower() in ("1", "true", "yes"):
         return _json(route_preview(ref.model.id, image_request, plan))
-    served = await svc.dispatcher.dispatch(image_request, plan, deadline, ref.model.routing.hedge)
+    if not plan.ranked:
+        raise nothing_to_try(plan)
+    # Reserve the dearest candidate's cost: failover may land there, and a budget must never be overspent.
+    reserve = max(r.candidate.usage.cost_micros for r in plan.ranked)
+    admitted, decision = await svc.admission.admit(caller.principal, image_request.request_id, reserve)
+    settle = functools.partial(svc.settlement.settle, admitted)
+    served = await svc.dispatcher.dispatch(image_request, plan, deadline, ref.model.routing.hedge, report=settle)
     async with asyncio.timeout_at(deadline):
         data = await _image_data(svc, served, image_request, params.response_format)
 
@@ -136,14 +163,17 @@ async def _serve(
         },
     }
     headers = {
+        **rate_headers(decision),
         "x-gateway-provider": deployment.key,
         "x-gateway-attempts": ", ".join(f"{a.deployment_key}={a.outcome}" for a in served.attempts),
         "x-gateway-route": plan.policy.value,
         "x-gateway-cost-usd": format_usd(usage.cost_micros),
     }
     log.info(
-        "%s %s model=%s provider=%s attempts=%d n=%d size=%dx%d cost_micros=%d ms=%.1f",
+        "%s %s team=%s key=%s model=%s provider=%s attempts=%d n=%d size=%dx%d cost_micros=%d ms=%.1f",
         image_request.request_id,
+        caller.principal.team,
+        caller.principal.key_id,
         mode.value,
         ref.model.id,
         deployment.key,

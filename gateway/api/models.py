@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from gateway.catalog import Model, deployment_summary
 from gateway.exceptions import ModelNotFound
-from gateway.services import Services, authenticated
+from gateway.services import Caller, authenticated
 
 router = APIRouter()
 
@@ -20,15 +20,17 @@ def _card(model: Model) -> dict[str, Any]:
 
 
 @router.get("/v1/models")
-async def list_models(svc: Annotated[Services, Depends(authenticated)]) -> Response:
+async def list_models(caller: Annotated[Caller, Depends(authenticated)]) -> Response:
     """Every canonical model id (aliases and provider-pinned ids resolve via the detail route)."""
+    svc = caller.svc
     body = {"object": "list", "data": [{**_card(m), "aliases": list(m.aliases)} for m in svc.catalog.models]}
     return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.get("/v1/models/{model_id:path}")
-async def get_model(model_id: str, svc: Annotated[Services, Depends(authenticated)]) -> Response:
+async def get_model(model_id: str, caller: Annotated[Caller, Depends(authenticated)]) -> Response:
     """One model by canonical id, alias or pinned deployment key, with limits and priced deployments."""
+    svc = caller.svc
     ref = svc.catalog.resolve(model_id)
     if ref is None:
         raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")

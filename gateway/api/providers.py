@@ -11,14 +11,15 @@ from starlette.responses import Response
 
 from gateway.catalog import deployment_summary
 from gateway.routing.health import DeploymentHealth
-from gateway.services import Services, authenticated
+from gateway.services import Caller, authenticated
 
 router = APIRouter()
 
 
 @router.get("/v1/providers")
-async def list_providers(svc: Annotated[Services, Depends(authenticated)]) -> Response:
+async def list_providers(caller: Annotated[Caller, Depends(authenticated)]) -> Response:
     """The fleet's shared view of each deployment (read from Redis, as every instance sees it)."""
+    svc = caller.svc
     deployments = svc.catalog.deployments
     health = await svc.health.snapshot([d.key for d in deployments])
     now = time.time()

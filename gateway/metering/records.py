@@ -52,6 +52,7 @@ class UsageRecord:
             "attempts",
             "latency_ms",
             "reserved_micros",
+            "input_images",
         }
         values = {
             name: int(text[name]) if name in ints else text[name] for name in cls.__dataclass_fields__ if name in text

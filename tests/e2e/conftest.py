@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +16,11 @@ import yaml
 from openai import OpenAI
 from PIL import Image
 
+from gateway.accounts.principal import ADMIN_TEAM
 from gateway.child_server import ChildServer, python_module
+from gateway.metering.keys import usage_stream
 from gateway.redis_server import EmbeddedRedis, free_port
 from gateway.settings import PROJECT_ROOT
-from gateway.usage import USAGE_STREAM
 
 ADMIN_KEY = "sk-e2e-admin-key"
 FAL_KEY = "fal-e2e-secret-key-0123456789"
@@ -156,17 +158,29 @@ def client(gateway: Gateway, sims: Simulators) -> OpenAI:
 
 @dataclass
 class UsageLog:
-    """Reads the usage stream; `mark()` then `since_mark()` isolates one test's records."""
+    """Reads a team's usage stream; `mark()` then `since_mark()` isolates one test's records.
+
+    `since_mark()` flattens each request's record into one row per provider attempt (the record's fields
+    plus the attempt's deployment, outcome, disposition and cost), which is what most assertions are about.
+    """
 
     redis: redis.Redis
+    team: str = ADMIN_TEAM
     last_id: str = "0-0"
 
     def mark(self) -> None:
-        entries = self.redis.xrevrange(USAGE_STREAM, count=1)
+        entries = self.redis.xrevrange(usage_stream(self.team), count=1)
         self.last_id = entries[0][0] if entries else "0-0"
 
+    def requests(self) -> list[dict[str, str]]:
+        return [fields for _, fields in self.redis.xrange(usage_stream(self.team), min=f"({self.last_id}")]
+
     def since_mark(self) -> list[dict[str, str]]:
-        return [fields for _, fields in self.redis.xrange(USAGE_STREAM, min=f"({self.last_id}")]
+        rows = []
+        for record in self.requests():
+            for attempt in json.loads(record["attempts_json"]):
+                rows.append({**record, **{k: str(v) for k, v in attempt.items() if k != "jobs"}})
+        return rows
 
 
 @pytest.fixture

@@ -1,0 +1,149 @@
+"""Quota and Ledger harness: a real redis-server, "gateway instances" with their own clients, a hand clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+from redis.asyncio import Connection, ConnectionPool, Redis
+
+from gateway.metering.keys import utc_day
+from gateway.metering.ledger import Ledger
+from gateway.metering.quota import Quota
+from gateway.metering.records import UsageRecord
+from gateway.redis_server import EmbeddedRedis
+
+START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC).timestamp()
+
+
+@dataclass
+class Clock:
+    """A clock the test moves by hand."""
+
+    now: float = START
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def ms(self) -> int:
+        return int(self.now * 1000)
+
+    def day(self) -> date:
+        return utc_day(self.now)
+
+
+@dataclass
+class RoundTrips:
+    """Packed sends to Redis: one per command, one per whole pipeline, i.e. one per network round trip."""
+
+    count: int = 0
+
+
+class CountingConnection(Connection):
+    """A connection that counts every request it writes to the socket."""
+
+    def __init__(self, *, round_trips: RoundTrips, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._round_trips = round_trips
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        self._round_trips.count += 1
+        await super().send_packed_command(command, check_health)
+
+
+@dataclass
+class Instance:
+    """One "gateway instance": its own Redis client (and connection pool), Quota and Ledger."""
+
+    redis: Redis
+    quota: Quota
+    ledger: Ledger
+    round_trips: RoundTrips = field(default_factory=RoundTrips)
+
+
+@pytest.fixture(scope="module")
+def accounting_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False) as server:
+        yield server
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def make_instance(accounting_server: EmbeddedRedis, clock: Clock) -> AsyncIterator[Callable[..., Instance]]:
+    """Builds instances on the server; all share the test's clock and are closed at the end."""
+    instances: list[Instance] = []
+
+    def make(*, decode_responses: bool = False, **quota_options: Any) -> Instance:
+        round_trips = RoundTrips()
+        pool = ConnectionPool.from_url(
+            accounting_server.url,
+            connection_class=CountingConnection,
+            round_trips=round_trips,
+            decode_responses=decode_responses,
+            max_connections=1000,  # redis-py's default of 100 raises MaxConnectionsError under a 300-way gather
+        )
+        redis = Redis(connection_pool=pool)
+        instance = Instance(redis, Quota(redis, clock=clock, **quota_options), Ledger(redis, clock=clock), round_trips)
+        instances.append(instance)
+        return instance
+
+    yield make
+    for instance in instances:
+        await instance.redis.aclose(close_connection_pool=True)
+
+
+@pytest.fixture
+async def gw(make_instance: Callable[..., Instance]) -> Instance:
+    """One instance on a freshly flushed server."""
+    instance = make_instance()
+    await instance.redis.flushall()
+    return instance
+
+
+def usage_record(
+    request_id: str,
+    clock: Clock,
+    *,
+    team: str = "acme",
+    key_id: str = "key-1",
+    billed: int = 10_000,
+    reserved: int = 20_000,
+    cost: int | None = None,
+    model: str = "flux.2-klein-4b",
+    deployment: str = "fal/flux.2-klein-4b",
+    output_mp: str = "1.048576",
+    input_mp: str = "0",
+    ts_ms: int | None = None,
+) -> UsageRecord:
+    """A usage record finished now (by `clock`), with the fields a test cares about."""
+    return UsageRecord(
+        request_id=request_id,
+        ts_ms=clock.ms() if ts_ms is None else ts_ms,
+        team=team,
+        key_id=key_id,
+        model=model,
+        deployment=deployment,
+        mode="generate",
+        n=1,
+        width=1024,
+        height=1024,
+        output_megapixels=output_mp,
+        input_megapixels=input_mp,
+        billed_micros=billed,
+        provider_cost_micros=billed if cost is None else cost,
+        attempts=1,
+        attempts_json=f'[{{"deployment":"{deployment}","outcome":"success"}}]',
+        latency_ms=900,
+        outcome="ok",
+        reserved_micros=reserved,
+    )
