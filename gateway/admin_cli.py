@@ -1,4 +1,4 @@
-"""`flux-gateway teams ...` and `flux-gateway keys ...`: manage teams and keys through a gateway's admin API."""
+"""`flux-gateway teams|keys|usage ...`: manage teams and keys, and read usage, through a gateway's HTTP API."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from urllib.parse import quote
 
 import httpx
 from rich.console import Console
+from rich.text import Text
 
 from gateway.admin_tables import key_fields, list_table, record, team_fields
 
-COMMANDS = frozenset({"teams", "keys"})
+COMMANDS = frozenset({"teams", "keys", "usage"})
 DEFAULT_URL = "http://127.0.0.1:8080"
 UNSET = ("none", "null", "unlimited")  # `teams update --rpm none` clears a limit
 LIMIT_FLAGS = ("rpm", "concurrency", "budget_usd", "budget_period")
@@ -61,6 +62,14 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     revoke.add_argument("key_id")
     revoke.set_defaults(admin_action=_revoke_key)
 
+    usage = subparsers.add_parser("usage", parents=[conn], help="spend and volume, as a table or CSV")
+    usage.add_argument("--team", help="one team (an admin sees all teams by default; a team key only its own)")
+    usage.add_argument("--start", help="first UTC day, YYYY-MM-DD (default: 29 days ago)")
+    usage.add_argument("--end", help="last UTC day, YYYY-MM-DD (default: today)")
+    usage.add_argument("--group-by", default="team", help="team,day and at most one of key, model, deployment")
+    usage.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    usage.set_defaults(admin_action=_usage)
+
 
 def run(args: argparse.Namespace, console: Console | None = None) -> int:
     """Run a parsed `teams`/`keys` command; errors go to stderr as one line. Exit 0 ok, 1 API error, 2 no key."""
@@ -85,13 +94,13 @@ class _Api:
     def __init__(self, http: httpx.Client) -> None:
         self._http = http
 
-    def __call__(self, method: str, path: str, **kwargs: Any) -> Any:
+    def __call__(self, method: str, path: str, *, prefix: str = "/v1/admin", raw: bool = False, **kwargs: Any) -> Any:
         try:
-            response = self._http.request(method, f"/v1/admin{path}", **kwargs)
+            response = self._http.request(method, f"{prefix}{path}", **kwargs)
         except httpx.HTTPError as exc:
             raise AdminError(f"cannot reach the gateway at {self._http.base_url}: {exc}") from None
         if response.is_success:
-            return response.json()
+            return response.text if raw else response.json()
         try:
             message = response.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
@@ -148,6 +157,33 @@ def _list_keys(api: _Api, args: argparse.Namespace, console: Console) -> None:
 def _revoke_key(api: _Api, args: argparse.Namespace, console: Console) -> None:
     key = api("POST", f"/keys/{_segment(args.team)}/{_segment(args.key_id)}/revoke")
     console.print(record("Key revoked", key_fields(key)))
+
+
+def _usage(api: _Api, args: argparse.Namespace, console: Console) -> None:
+    params = {"group_by": args.group_by}
+    params.update({name: value for name in ("team", "start", "end") if (value := getattr(args, name))})
+    if args.csv:
+        print(api("GET", "/usage", prefix="/v1", raw=True, params={**params, "format": "csv"}), end="")
+        return
+    report = api("GET", "/usage", prefix="/v1", params=params)
+    groups = report["group_by"]
+    rows = [
+        {
+            **{g: Text(str(row[g])) for g in groups},
+            "requests": Text(str(row["requests"])),
+            "billed": Text(f"${row['billed_usd']}"),
+            "provider cost": Text(f"${row['provider_cost_usd']}"),
+            "MP out": Text(f"{row['output_megapixels']:g}"),
+        }
+        for row in report["data"]
+    ]
+    totals = report["totals"]
+    console.print(list_table(f"Usage {report['start']} .. {report['end']}", rows))
+    console.print(
+        f"total: {totals['requests']} requests, billed ${totals['billed_usd']}, "
+        f"provider cost ${totals['provider_cost_usd']}",
+        markup=False,
+    )
 
 
 def _segment(text: str) -> str:

@@ -128,7 +128,7 @@ redis.call('HSET', KEYS[1], 'state', state, 'retry_at', fmt(retry_at), 'consecut
   'window_successes', w_ok, 'window_failures', w_fail, 'latency_mean', fmt(mean), 'latency_var', fmt(var),
   'latency_samples', samples)
 redis.call('EXPIRE', KEYS[1], ARGV[15])
-return {before, state}
+return {before, state, redis.call('HGETALL', KEYS[1])}
 """
 
 
@@ -240,13 +240,17 @@ class HealthStore:
             policy.consecutive_failures, policy.window_s, policy.min_requests, policy.failure_rate,
             policy.open_s, policy.successes_to_close, policy.auth_open_s, policy.latency_alpha, STATE_TTL_S,
         ]  # fmt: skip
+        now = args[0]
         try:
-            before, after = await self._record_script(keys=[self.redis_key(key)], args=args)
+            before, after, row = await self._record_script(keys=[self.redis_key(key)], args=args)
         except _REDIS_ERRORS as exc:
             log.warning("health record for %s dropped, Redis failed: %s %r", key, outcome.value, exc)
-            return
-        finally:
             self._invalidate(key)
+            return
+        # The script hands back the new state: refresh this instance's cache with it instead of dropping it,
+        # so our own outcome is seen at once and the next snapshot costs no round trip.
+        fields = dict(zip(row[::2], row[1::2], strict=True))
+        self._cache[key] = _Cached(now, self._parse(key, fields, now))
         before, after = _text(before), _text(after)
         if before != after:
             level = logging.INFO if after == BreakerState.CLOSED else logging.WARNING

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -312,3 +314,25 @@ def test_redis_killed_mid_load_loses_and_doubles_nothing(
         client.close()
     finally:
         outage_redis.stop()
+
+
+def test_usage_cli_prints_a_table_and_csv(team_gateways: tuple[Gateway, Gateway], sims: Simulators) -> None:
+    gateway = team_gateways[0]
+    team = _team(gateway)
+    key = _key(gateway, team)
+    for _ in range(2):
+        assert (
+            httpx.post(f"{gateway.url}{GEN}", json=BODY, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        )
+    base = [sys.executable, "-m", "gateway", "usage", "--url", gateway.url, "--admin-key", gateway.key, "--team", team]
+    table = subprocess.run([*base, "--group-by", "team,model"], capture_output=True, text=True, timeout=30, check=True)
+    assert team in table.stdout
+    assert "$0.002000" in table.stdout
+    assert "total: 2 requests" in table.stdout
+    csv_out = subprocess.run([*base, "--csv"], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert csv_out.splitlines()[1].startswith(f"{team},2,0.002000,2000,")
+    denied = subprocess.run(
+        [*base[:-2], "--admin-key", key, "--team", "someone-else"], capture_output=True, text=True, timeout=30
+    )
+    assert denied.returncode == 1
+    assert "only read its own team" in denied.stderr
