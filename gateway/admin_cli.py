@@ -178,7 +178,7 @@ def _usage(api: _Api, args: argparse.Namespace, console: Console) -> None:
         for row in report["data"]
     ]
     totals = report["totals"]
-    console.print(list_table(f"Usage {report['start']} .. {report['end']}", rows))
+    console.print(list_table(f"Usage {report['start']} .. {report['end']}", rows, caption=None))
     console.print(
         f"total: {totals['requests']} requests, billed ${totals['billed_usd']}, "
         f"provider cost ${totals['provider_cost_usd']}",

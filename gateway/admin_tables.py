@@ -47,11 +47,11 @@ def _created(row: dict[str, Any]) -> dict[str, Text]:
     return times
 
 
-def list_table(title: str, rows: list[dict[str, Text]]) -> Table | Text:
+def list_table(title: str, rows: list[dict[str, Text]], caption: str | None = "-: unlimited") -> Table | Text:
     """Rows as a table with one column per field, narrowed to fit more terminals unwrapped."""
     if not rows:
         return Text(f"{title}: none")
-    table = Table(title=title, caption="-: unlimited", box=box.SIMPLE_HEAD, title_justify="left", collapse_padding=True)
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, title_justify="left", collapse_padding=True)
     columns = list(dict.fromkeys(name for row in rows for name in row))
     for name in columns:
         # A narrow terminal wraps names and models but never splits or hides (ellipsizes) ids, money or times.
