@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.asyncio import Connection, ConnectionPool, Redis
+from redis.asyncio import Redis
 
 from gateway.health_store import STATE_TTL_S, HealthStore
 from gateway.redis_server import EmbeddedRedis
 from gateway.routing.health import Admission, AttemptOutcome, BreakerPolicy, BreakerState, DeploymentHealth
+from tests.redis_harness import Clock, RoundTrips, counting_redis
 
 POLICY = BreakerPolicy(
     consecutive_failures=3,
@@ -36,38 +37,6 @@ START = 1_700_000_000.0
 
 
 @dataclass
-class Clock:
-    """A clock the test moves by hand."""
-
-    now: float = START
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@dataclass
-class RoundTrips:
-    """Packed sends to Redis: one per command, one per whole pipeline, i.e. one per network round trip."""
-
-    count: int = 0
-
-
-class CountingConnection(Connection):
-    """A connection that counts every request it writes to the socket."""
-
-    def __init__(self, *, round_trips: RoundTrips, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._round_trips = round_trips
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        self._round_trips.count += 1
-        await super().send_packed_command(command, check_health)
-
-
-@dataclass
 class Instance:
     """One "gateway instance": its own Redis client (and connection pool) and its own HealthStore."""
 
@@ -84,7 +53,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(START)
 
 
 @pytest.fixture
@@ -93,9 +62,7 @@ async def make_instance(clock: Clock) -> AsyncIterator[Callable[..., Instance]]:
     instances: list[Instance] = []
 
     def make(server: EmbeddedRedis, policy: BreakerPolicy = POLICY, **options: Any) -> Instance:
-        round_trips = RoundTrips()
-        pool = ConnectionPool.from_url(server.url, connection_class=CountingConnection, round_trips=round_trips)
-        redis = Redis(connection_pool=pool)
+        redis, round_trips = counting_redis(server.url)
         instance = Instance(redis, HealthStore(redis, policy, clock=clock, **options), round_trips)
         instances.append(instance)
         return instance

@@ -7,28 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from redis.asyncio import Connection, ConnectionPool, Redis
+from redis.asyncio import Redis
 
 from gateway.redis_server import EmbeddedRedis
-
-
-@dataclass
-class RoundTrips:
-    """Packed sends to Redis: one per command, one per whole pipeline, i.e. one per network round trip."""
-
-    count: int = 0
-
-
-class CountingConnection(Connection):
-    """A connection that counts every request it writes to the socket."""
-
-    def __init__(self, *, round_trips: RoundTrips, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._round_trips = round_trips
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        self._round_trips.count += 1
-        await super().send_packed_command(command, check_health)
+from tests.redis_harness import RoundTrips, counting_redis
 
 
 @dataclass
@@ -51,11 +33,7 @@ async def make_client() -> AsyncIterator[Callable[..., Client]]:
     clients: list[Client] = []
 
     def make(server: EmbeddedRedis, **options: Any) -> Client:
-        round_trips = RoundTrips()
-        pool = ConnectionPool.from_url(
-            server.url, connection_class=CountingConnection, round_trips=round_trips, **options
-        )
-        client = Client(Redis(connection_pool=pool), round_trips)
+        client = Client(*counting_redis(server.url, **options))
         clients.append(client)
         return client
 

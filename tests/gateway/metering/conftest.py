@@ -4,57 +4,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from redis.asyncio import Connection, ConnectionPool, Redis
+from redis.asyncio import Redis
 
-from gateway.metering.keys import utc_day
 from gateway.metering.ledger import Ledger
 from gateway.metering.quota import Quota
 from gateway.metering.records import UsageRecord
 from gateway.redis_server import EmbeddedRedis
+from tests.redis_harness import Clock, RoundTrips, counting_redis
 
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC).timestamp()
-
-
-@dataclass
-class Clock:
-    """A clock the test moves by hand."""
-
-    now: float = START
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    def ms(self) -> int:
-        return int(self.now * 1000)
-
-    def day(self) -> date:
-        return utc_day(self.now)
-
-
-@dataclass
-class RoundTrips:
-    """Packed sends to Redis: one per command, one per whole pipeline, i.e. one per network round trip."""
-
-    count: int = 0
-
-
-class CountingConnection(Connection):
-    """A connection that counts every request it writes to the socket."""
-
-    def __init__(self, *, round_trips: RoundTrips, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._round_trips = round_trips
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        self._round_trips.count += 1
-        await super().send_packed_command(command, check_health)
 
 
 @dataclass
@@ -75,7 +37,7 @@ def accounting_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embe
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(START)
 
 
 @pytest.fixture
@@ -84,15 +46,11 @@ async def make_instance(accounting_server: EmbeddedRedis, clock: Clock) -> Async
     instances: list[Instance] = []
 
     def make(*, decode_responses: bool = False, **quota_options: Any) -> Instance:
-        round_trips = RoundTrips()
-        pool = ConnectionPool.from_url(
+        redis, round_trips = counting_redis(
             accounting_server.url,
-            connection_class=CountingConnection,
-            round_trips=round_trips,
             decode_responses=decode_responses,
             max_connections=1000,  # redis-py's default of 100 raises MaxConnectionsError under a 300-way gather
         )
-        redis = Redis(connection_pool=pool)
         instance = Instance(redis, Quota(redis, clock=clock, **quota_options), Ledger(redis, clock=clock), round_trips)
         instances.append(instance)
         return instance
