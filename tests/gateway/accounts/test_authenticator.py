@@ -13,23 +13,14 @@ from gateway.accounts.store import AccountStore
 from gateway.exceptions import AuthenticationFailed, AuthUnavailable, PermissionDenied
 from gateway.redis_server import EmbeddedRedis
 from tests.gateway.accounts.conftest import Client
+from tests.redis_harness import Clock
 
 ADMIN_KEY = "sk-test-admin-key"
 
 
-class Clock:
-    """Monotonic seconds that only move when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1000.0)
 
 
 @pytest.fixture

@@ -10,24 +10,15 @@ from gateway.accounts.principal import Limits, Period, Principal
 from gateway.accounts.store import AccountStore
 from gateway.exceptions import Conflict, NotFound
 from tests.gateway.accounts.conftest import Client
+from tests.redis_harness import Clock
 
 TEAM_LIMITS = Limits(rpm=600, concurrency=20, budget_micros=250_000_000, budget_period=Period.MONTH)
 KEY_LIMITS = Limits(rpm=60, budget_micros=5_000_000, budget_period=Period.DAY)
 
 
-class Clock:
-    """Unix seconds that only move when told."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1_700_000_000.0)
 
 
 @pytest.fixture
