@@ -172,9 +172,9 @@ async def _serve(
     log.info(
         "%s %s team=%s key=%s model=%s provider=%s attempts=%d n=%d size=%dx%d cost_micros=%d ms=%.1f",
         image_request.request_id,
+        mode.value,
         caller.principal.team,
         caller.principal.key_id,
-        mode.value,
         ref.model.id,
         deployment.key,
         len(served.attempts),
