@@ -45,12 +45,6 @@ class Instance:
     round_trips: RoundTrips = field(default_factory=RoundTrips)
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False) as server:
-        yield server
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock(START)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,25 +29,19 @@ class Instance:
     round_trips: RoundTrips = field(default_factory=RoundTrips)
 
 
-@pytest.fixture(scope="module")
-def accounting_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False) as server:
-        yield server
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock(START)
 
 
 @pytest.fixture
-async def make_instance(accounting_server: EmbeddedRedis, clock: Clock) -> AsyncIterator[Callable[..., Instance]]:
+async def make_instance(redis_server: EmbeddedRedis, clock: Clock) -> AsyncIterator[Callable[..., Instance]]:
     """Builds instances on the server; all share the test's clock and are closed at the end."""
     instances: list[Instance] = []
 
     def make(*, decode_responses: bool = False, **quota_options: Any) -> Instance:
         redis, round_trips = counting_redis(
-            accounting_server.url,
+            redis_server.url,
             decode_responses=decode_responses,
             max_connections=1000,  # redis-py's default of 100 raises MaxConnectionsError under a 300-way gather
         )

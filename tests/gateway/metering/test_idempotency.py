@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import pytest
-from redis.asyncio import Connection, ConnectionPool, Redis
+from redis.asyncio import Redis
 
 from gateway.metering.idempotency import (
     MAX_KEY_LENGTH,
@@ -21,6 +19,7 @@ from gateway.metering.idempotency import (
     fingerprint,
 )
 from gateway.redis_server import EmbeddedRedis
+from tests.redis_harness import Clock, RoundTrips, counting_redis
 
 TEAM = "acme"
 KEY = "retry-me-7f3a"
@@ -31,49 +30,20 @@ DAY_MS = 86_400_000
 RESPONSE = StoredResponse(200, {"content-type": "application/json", "x-gateway-deployment": "fal"}, b'{"data":[]}')
 
 
-@dataclass
-class Clock:
-    """A clock the test moves by hand."""
-
-    now: float = START
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class CountingConnection(Connection):
-    """A connection that counts every request it writes to the socket (one per round trip)."""
-
-    def __init__(self, *, sent: list[int], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._sent = sent
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        self._sent[0] += 1
-        await super().send_packed_command(command, check_health)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False) as server:
-        yield server
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(START)
 
 
 @pytest.fixture
-async def make_client(redis_server: EmbeddedRedis) -> AsyncIterator[Callable[[], tuple[Redis, list[int]]]]:
+async def make_client(redis_server: EmbeddedRedis) -> AsyncIterator[Callable[[], tuple[Redis, RoundTrips]]]:
     """Independent Redis clients (each its own pool, like two gateway instances), closed at the end."""
     clients: list[Redis] = []
 
-    def make() -> tuple[Redis, list[int]]:
-        sent = [0]
-        pool = ConnectionPool.from_url(redis_server.url, connection_class=CountingConnection, sent=sent)
-        clients.append(Redis(connection_pool=pool))
-        return clients[-1], sent
+    def make() -> tuple[Redis, RoundTrips]:
+        client, round_trips = counting_redis(redis_server.url)
+        clients.append(client)
+        return client, round_trips
 
     yield make
     for client in clients:
@@ -81,7 +51,7 @@ async def make_client(redis_server: EmbeddedRedis) -> AsyncIterator[Callable[[],
 
 
 @pytest.fixture
-async def redis(make_client: Callable[[], tuple[Redis, list[int]]]) -> Redis:
+async def redis(make_client: Callable[[], tuple[Redis, RoundTrips]]) -> Redis:
     client, _ = make_client()
     await client.flushall()
     return client
@@ -222,9 +192,9 @@ async def test_each_call_is_one_round_trip(make_client: Callable[[], tuple[Redis
         store.begin(TEAM, KEY, FP),
         store.abandon(TEAM, KEY, FP),
     ):
-        before = sent[0]
+        before = sent.count
         await call
-        assert sent[0] - before == 1
+        assert sent.count - before == 1
 
 
 def test_fingerprint_covers_method_path_and_body() -> None:
