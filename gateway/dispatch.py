@@ -325,15 +325,17 @@ class Dispatcher:
 
     async def _report(self, report: Report, request: ImageRequest, state: _State, outcome: str) -> None:
         attempts = tuple(_attempt_report(run, state.winner) for run in state.runs)
-        served = state.winner.ranked if state.winner is not None and outcome == "ok" else None
-        await report(DispatchReport(request, state.model_id, attempts, served, outcome))
+        # From here on a cancel outcome is reported on its own: armed before the await below, so an outcome
+        # that lands while the report is being written is neither lost nor counted twice.
         for run in state.runs:
             run.metered = True
             run.on_late = lambda event, run=run: self._spawn(self._report_late(report, request, run, event))
+        served = state.winner.ranked if state.winner is not None and outcome == "ok" else None
+        await report(DispatchReport(request, state.model_id, attempts, served, outcome))
 
     @staticmethod
     async def _report_late(report: Report, request: ImageRequest, run: _Run, event: JobCancelled) -> None:
-        """A cancel outcome that arrived after the dispatch was reported (a create was still in flight)."""
+        """A cancel outcome that arrived after the dispatch was reported (a create or a cancel was still in flight)."""
         if event.outcome not in (CancelOutcome.ALREADY_FINISHED, CancelOutcome.FAILED):
             return
         cost = math.ceil(run.ranked.candidate.usage.cost_micros / max(len(run.jobs), 1))
@@ -348,19 +350,26 @@ class Dispatcher:
 
 
 def _attempt_report(run: _Run, winner: _Run | None) -> AttemptReport:
-    """What the provider may bill for one attempt, and whether the team got it."""
+    """What the provider may bill for one attempt, and whether the team got it.
+
+    Counted per provider job: one the provider finished anyway is wasted spend, one whose cancel failed
+    may still bill (unconfirmed). A job whose cancel is still in flight counts nothing here; its outcome
+    arrives later and `Dispatcher._report_late` meters it if it billed.
+    """
     cost = run.ranked.candidate.usage.cost_micros
     if run is winner:
-        disposition, spent = "served", cost
-    elif run.completed:
-        disposition, spent = "wasted", cost  # it finished, but another attempt was served
-    elif (finished := sum(o is CancelOutcome.ALREADY_FINISHED for o in run.cancels.values())) > 0:
-        disposition, spent = "wasted", math.ceil(cost * finished / max(len(run.jobs), 1))
-    elif any(o is CancelOutcome.FAILED for o in run.cancels.values()) or set(run.jobs) - set(run.cancels):
-        # A job we could not confirm stopped (cancel failed, or we never heard back): it may still bill.
-        disposition, spent = ("unconfirmed", cost) if run.outcome == "cancelled" else ("failed", 0)
+        return AttemptReport(run.ranked.key, run.outcome, "served", cost, run.elapsed_s, tuple(run.jobs))
+    if run.completed:  # it delivered, but another attempt was served
+        return AttemptReport(run.ranked.key, run.outcome, "wasted", cost, run.elapsed_s, tuple(run.jobs))
+    finished = sum(o is CancelOutcome.ALREADY_FINISHED for o in run.cancels.values())
+    unconfirmed = sum(o is CancelOutcome.FAILED for o in run.cancels.values())
+    if finished:
+        disposition = "wasted"
+    elif unconfirmed:
+        disposition = "unconfirmed"
     else:
-        disposition, spent = ("cancelled", 0) if run.outcome == "cancelled" else ("failed", 0)
+        disposition = "cancelled" if run.outcome == "cancelled" else "failed"
+    spent = math.ceil(cost * (finished + unconfirmed) / max(len(run.jobs), 1))
     return AttemptReport(run.ranked.key, run.outcome, disposition, spent, run.elapsed_s, tuple(run.jobs))
 
 
