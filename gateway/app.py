@@ -109,8 +109,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             replayer.cancel()
             await asyncio.gather(replayer, return_exceptions=True)
+            dispatcher = app.state.services.dispatcher
+            await dispatcher.drain()
             for adapter in adapters.values():
-                await adapter.aclose()
+                await adapter.aclose()  # stops cancels still running, which report their jobs as FAILED...
+            await dispatcher.drain()  # ...and those reports are metered before Redis closes
             await fetcher.aclose()
             await redis.aclose()
 

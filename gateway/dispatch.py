@@ -295,7 +295,11 @@ class Dispatcher:
             raise
         run.finish("ok", now)
         mp = output_megapixels(run.ranked.candidate)
-        await self._health.record(key, AttemptOutcome.SUCCESS, elapsed_s=run.elapsed_s, megapixels=mp, probe=run.probe)
+        # Off the response path: a success changes no decision this request still has to make, and the
+        # record lands a Redis round trip later (failures above are recorded before failing over).
+        self._spawn(
+            self._health.record(key, AttemptOutcome.SUCCESS, elapsed_s=run.elapsed_s, megapixels=mp, probe=run.probe)
+        )
         return result
 
     @staticmethod
@@ -342,6 +346,11 @@ class Dispatcher:
         late = AttemptReport(run.ranked.key, "late_cancel", "wasted", cost, 0.0, (event.job.job_id,))
         model_id = run.ranked.candidate.deployment.model_id
         await report(DispatchReport(request, model_id, (late,), None, "late_cancel", late=True))
+
+    async def drain(self, timeout_s: float = CANCEL_GRACE_S) -> None:
+        """Wait, bounded, for background work (health records, late usage reports): call before shutdown."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout_s)
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coro)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Collection, Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -119,17 +120,22 @@ class ProviderHTTP:
         )
         # Cleanup tasks that outlive the call that started them (see `start_job`), kept to stop GC.
         self._cleanup: set[asyncio.Task[None]] = set()
+        self._urls: dict[str, httpx.URL] = {}  # bounded: one per path the adapter builds (per deployment)
 
-    def url(self, path: str) -> str:
-        """An absolute URL under the endpoint's base URL."""
-        return f"{self.endpoint.base_url.rstrip('/')}/{path.lstrip('/')}"
+    def url(self, path: str) -> httpx.URL:
+        """An absolute URL under the endpoint's base URL (parsed once per path: they repeat every request)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(f"{self.endpoint.base_url.rstrip('/')}/{path.lstrip('/')}")
+        return url
 
     def provider_url(self, value: Any, field: str) -> str:
         """A URL the provider handed back, checked to be absolute http(s), or the response is malformed."""
         if isinstance(value, str):
-            with contextlib.suppress(httpx.InvalidURL):
-                url = httpx.URL(value)
-                if url.scheme in ("http", "https") and url.host:
+            # urlsplit, not httpx.URL: this runs for every image and status URL, and only the shape matters here
+            with contextlib.suppress(ValueError):
+                url = urlsplit(value)
+                if url.scheme in ("http", "https") and url.hostname and url.port != 0:  # .port checks it
                     return value
         raise self.malformed(f"{field} is not a usable URL")
 
@@ -149,7 +155,7 @@ class ProviderHTTP:
     async def send(
         self,
         method: str,
-        url: str,
+        url: str | httpx.URL,
         *,
         what: str,
         json: Any = None,
@@ -182,6 +188,8 @@ class ProviderHTTP:
                 f"could not reach {name} for the {what}: {type(exc).__name__}: {self.sanitize(exc)}",
                 provider=name,
             ) from None
+        except httpx.InvalidURL:
+            raise self.malformed(f"the {what} URL is not valid") from None  # a provider-sent URL httpx rejects
 
     def json(self, response: httpx.Response, what: str) -> Any:
         """The response body decoded as JSON, or ProviderUnavailable."""
