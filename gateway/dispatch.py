@@ -36,7 +36,15 @@ from gateway.routing.config import HedgeConfig
 from gateway.routing.health import Admission, AttemptOutcome
 from gateway.routing.policy import RankedCandidate, RoutePlan, output_megapixels
 from gateway.routing.retry_budget import RetryBudget
-from gateway.types import CancelOutcome, ImageRequest, JobCancelled, JobStarted, ProviderJob, ProviderResult, TraceEvent
+from gateway.types import (
+    CancelOutcome,
+    ImageRequest,
+    JobStarted,
+    JobSucceeded,
+    ProviderJob,
+    ProviderResult,
+    TraceEvent,
+)
 from providers.base import ProviderAdapter
 
 log = logging.getLogger("gateway.dispatch")
@@ -113,17 +121,34 @@ class _Run:
     elapsed_s: float = 0.0
     completed: bool = False  # the provider delivered a result (even if another attempt won)
     jobs: dict[str, ProviderJob] = field(default_factory=dict)
+    succeeded: set[str] = field(default_factory=set)  # jobs that produced output: billed whatever happens next
     cancels: dict[str, CancelOutcome] = field(default_factory=dict)
-    metered: bool = False
-    on_late: Callable[[JobCancelled], None] | None = None
+    # Set when the attempt is reported: the jobs that report already paid for. A job that turns out
+    # billable later (its cancel answer or success arrives after the report) goes to `on_late`, once.
+    metered_jobs: set[str] | None = None
+    on_late: Callable[[ProviderJob], None] | None = None
 
     def trace(self, event: TraceEvent) -> None:
+        job_id = event.job.job_id
         if isinstance(event, JobStarted):
-            self.jobs[event.job.job_id] = event.job
-        elif isinstance(event, JobCancelled):
-            self.cancels[event.job.job_id] = event.outcome
-            if self.metered and self.on_late is not None:
-                self.on_late(event)
+            self.jobs[job_id] = event.job
+            return
+        if isinstance(event, JobSucceeded):
+            self.succeeded.add(job_id)
+        else:
+            self.cancels[job_id] = event.outcome
+        if self.metered_jobs is not None and job_id not in self.metered_jobs and job_id in self.billable_jobs():
+            self.metered_jobs.add(job_id)
+            if self.on_late is not None:
+                self.on_late(event.job)
+
+    def finished_jobs(self) -> set[str]:
+        """Jobs the provider finished (so bills): it said so, or answered our cancel with "already finished"."""
+        return self.succeeded | {j for j, o in self.cancels.items() if o is CancelOutcome.ALREADY_FINISHED}
+
+    def billable_jobs(self) -> set[str]:
+        """Finished jobs, plus those whose cancel failed: they may still run and bill."""
+        return self.finished_jobs() | {j for j, o in self.cancels.items() if o is CancelOutcome.FAILED}
 
     def finish(self, outcome: str, now: float) -> None:
         self.outcome = outcome
@@ -329,21 +354,20 @@ class Dispatcher:
 
     async def _report(self, report: Report, request: ImageRequest, state: _State, outcome: str) -> None:
         attempts = tuple(_attempt_report(run, state.winner) for run in state.runs)
-        # From here on a cancel outcome is reported on its own: armed before the await below, so an outcome
-        # that lands while the report is being written is neither lost nor counted twice.
+        # From here on a job found billable is reported on its own: armed before the await below, so an
+        # answer that lands while the report is being written is neither lost nor counted twice.
         for run in state.runs:
-            run.metered = True
-            run.on_late = lambda event, run=run: self._spawn(self._report_late(report, request, run, event))
+            whole = run is state.winner or run.completed
+            run.metered_jobs = set(run.jobs) if whole else run.billable_jobs()
+            run.on_late = lambda job, run=run: self._spawn(self._report_late(report, request, run, job))
         served = state.winner.ranked if state.winner is not None and outcome == "ok" else None
         await report(DispatchReport(request, state.model_id, attempts, served, outcome))
 
     @staticmethod
-    async def _report_late(report: Report, request: ImageRequest, run: _Run, event: JobCancelled) -> None:
-        """A cancel outcome that arrived after the dispatch was reported (a create or a cancel was still in flight)."""
-        if event.outcome not in (CancelOutcome.ALREADY_FINISHED, CancelOutcome.FAILED):
-            return
+    async def _report_late(report: Report, request: ImageRequest, run: _Run, job: ProviderJob) -> None:
+        """A job found billable after its dispatch was reported (a create, cancel or success came late)."""
         cost = math.ceil(run.ranked.candidate.usage.cost_micros / max(len(run.jobs), 1))
-        late = AttemptReport(run.ranked.key, "late_cancel", "wasted", cost, 0.0, (event.job.job_id,))
+        late = AttemptReport(run.ranked.key, "late_cancel", "wasted", cost, 0.0, (job.job_id,))
         model_id = run.ranked.candidate.deployment.model_id
         await report(DispatchReport(request, model_id, (late,), None, "late_cancel", late=True))
 
@@ -362,7 +386,7 @@ def _attempt_report(run: _Run, winner: _Run | None) -> AttemptReport:
     """What the provider may bill for one attempt, and whether the team got it.
 
     Counted per provider job: one the provider finished anyway is wasted spend, one whose cancel failed
-    may still bill (unconfirmed). A job whose cancel is still in flight counts nothing here; its outcome
+    may still bill (unconfirmed). A job whose cancel is still in flight counts nothing here; its answer
     arrives later and `Dispatcher._report_late` meters it if it billed.
     """
     cost = run.ranked.candidate.usage.cost_micros
@@ -370,15 +394,14 @@ def _attempt_report(run: _Run, winner: _Run | None) -> AttemptReport:
         return AttemptReport(run.ranked.key, run.outcome, "served", cost, run.elapsed_s, tuple(run.jobs))
     if run.completed:  # it delivered, but another attempt was served
         return AttemptReport(run.ranked.key, run.outcome, "wasted", cost, run.elapsed_s, tuple(run.jobs))
-    finished = sum(o is CancelOutcome.ALREADY_FINISHED for o in run.cancels.values())
-    unconfirmed = sum(o is CancelOutcome.FAILED for o in run.cancels.values())
+    finished, billable = run.finished_jobs(), run.billable_jobs()
     if finished:
         disposition = "wasted"
-    elif unconfirmed:
+    elif billable:
         disposition = "unconfirmed"
     else:
         disposition = "cancelled" if run.outcome == "cancelled" else "failed"
-    spent = math.ceil(cost * (finished + unconfirmed) / max(len(run.jobs), 1))
+    spent = math.ceil(cost * len(billable) / max(len(run.jobs), 1))
     return AttemptReport(run.ranked.key, run.outcome, disposition, spent, run.elapsed_s, tuple(run.jobs))
 
 

@@ -135,6 +135,13 @@ class JobCancelled:
     outcome: CancelOutcome
 
 
-TraceEvent = JobStarted | JobCancelled
+@dataclass(frozen=True, slots=True)
+class JobSucceeded:
+    """Trace event: the provider says a job produced its output, so it bills it whatever we do next."""
+
+    job: ProviderJob
+
+
+TraceEvent = JobStarted | JobSucceeded | JobCancelled
 # Like httpx's `trace` extension: adapters report provider-side events to whoever dispatched the attempt.
 Trace = Callable[[TraceEvent], None]

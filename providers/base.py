@@ -10,12 +10,14 @@ Provider-side events go to the optional `trace` callback (like httpx's `trace` e
 synchronously and never awaited:
 
 - `JobStarted(job)` as soon as the provider has answered a create/submit with the job's handle.
+- `JobSucceeded(job)` once the provider says the job produced its output (so it bills it), before the
+  output is fetched: metering then counts the job even if what follows fails.
 - `JobCancelled(job, outcome)` exactly once for every job the adapter asks the provider to cancel (we
   were cancelled, we gave up after a `ProviderError`, or a sibling job failed), with `cancel`'s outcome,
   or FAILED if the cancel raised or took longer than the adapter's cancel timeout. It is called after
   the cancel is done, so a raising callback cannot stop the cleanup (its error is not swallowed).
 
-Both usually arrive before `generate` returns or raises. One case arrives later: if we are cancelled
+All usually arrive before `generate` returns or raises. One case arrives later: if we are cancelled
 while a create/submit is still in flight, `generate` raises CancelledError at once, the request carries
 on in the background, and JobStarted then JobCancelled follow once it answers (at most the request's
 own timeout plus the cancel timeout later). Likewise, if `generate` is cancelled again while it waits

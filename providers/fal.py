@@ -22,9 +22,17 @@ from gateway.exceptions import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from gateway.types import CancelOutcome, ImageFormat, ImageRequest, ProviderImage, ProviderJob, ProviderResult
+from gateway.types import (
+    CancelOutcome,
+    ImageFormat,
+    ImageRequest,
+    JobSucceeded,
+    ProviderImage,
+    ProviderJob,
+    ProviderResult,
+)
 from providers.base import ProviderAdapter, ProviderEndpoint
-from providers.http import Problem, ProviderHTTP, poll_delays
+from providers.http import Problem, ProviderHTTP, emit, poll_delays
 
 if TYPE_CHECKING:
     from gateway.catalog import Deployment
@@ -113,6 +121,8 @@ class FalAdapter(ProviderAdapter):
             # The job may still be running (or queued) at fal: stop paying for it.
             await self._http.cancel_jobs(self.cancel, (queued.job,), within=within, trace=trace)
             raise
+        if not status.get("error"):
+            emit(trace, JobSucceeded(queued.job))  # billed from here on, even if fetching its output fails
         output = await self._fetch_result(queued, status)
         return self._result(request, queued.job, status, output)
 

@@ -29,7 +29,7 @@ from gateway.exceptions import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from gateway.types import CancelOutcome, JobCancelled, JobStarted, ProviderJob, Trace
+from gateway.types import CancelOutcome, JobCancelled, JobStarted, ProviderJob, Trace, TraceEvent
 from providers.base import ProviderEndpoint
 
 T = TypeVar("T")
@@ -253,7 +253,7 @@ class ProviderHTTP:
             raise
         job = job_of(handle)
         try:
-            _emit(trace, JobStarted(job))
+            emit(trace, JobStarted(job))
         except BaseException:
             # A raising trace is the caller's bug and propagates, but it must not leave the job running.
             await self.cancel_jobs(cancel, (job,), within=within, trace=trace)
@@ -292,7 +292,8 @@ class ProviderHTTP:
         await self._client.aclose()
 
 
-def _emit(trace: Trace | None, event: JobStarted | JobCancelled) -> None:
+def emit(trace: Trace | None, event: TraceEvent) -> None:
+    """Hand `event` to the caller's trace callback, if there is one."""
     if trace is not None:
         trace(event)
 
@@ -307,7 +308,7 @@ async def _cancel_and_report(cancel: Cancel, job: ProviderJob, within: float, tr
                 outcome = await cancel(job)
     finally:
         # After the cancel, whatever happened to it (even aclose stopping us): exactly one report per job.
-        _emit(trace, JobCancelled(job, outcome))
+        emit(trace, JobCancelled(job, outcome))
 
 
 async def _cancel_once_started(
@@ -319,6 +320,6 @@ async def _cancel_once_started(
         return  # no job was created, so there is nothing to cancel
     job = job_of(handle)
     try:
-        _emit(trace, JobStarted(job))
+        emit(trace, JobStarted(job))
     finally:
         await _cancel_and_report(cancel, job, within, trace)

@@ -23,9 +23,17 @@ from gateway.exceptions import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from gateway.types import CancelOutcome, ImageFormat, ImageRequest, ProviderImage, ProviderJob, ProviderResult
+from gateway.types import (
+    CancelOutcome,
+    ImageFormat,
+    ImageRequest,
+    JobSucceeded,
+    ProviderImage,
+    ProviderJob,
+    ProviderResult,
+)
 from providers.base import ProviderAdapter, ProviderEndpoint
-from providers.http import Problem, ProviderHTTP, poll_delays
+from providers.http import Problem, ProviderHTTP, emit, poll_delays
 
 if TYPE_CHECKING:
     from gateway.catalog import Deployment
@@ -192,6 +200,8 @@ class ReplicateAdapter(ProviderAdapter):
             except (asyncio.CancelledError, ProviderError):
                 await self._http.cancel_jobs(self.cancel, (prediction.job,), within=within, trace=trace)
                 raise
+        if prediction.status == self.conventions.succeeded_status:
+            emit(trace, JobSucceeded(prediction.job))  # billed, even if a sibling prediction fails
         return self._check_outcome(prediction)
 
     async def _create(self, deployment: Deployment, input_: dict[str, Any], wait: int) -> _Prediction:

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from gateway.catalog import Deployment
 from gateway.dispatch import Dispatcher, DispatchReport
+from gateway.exceptions import ProviderUnavailable
 from gateway.health_store import HealthStore
 from gateway.pricing import PricingRule, Usage
 from gateway.redis_server import EmbeddedRedis
@@ -29,6 +30,7 @@ from gateway.types import (
     ImageRequest,
     JobCancelled,
     JobStarted,
+    JobSucceeded,
     Mode,
     ProviderJob,
     ProviderResult,
@@ -49,8 +51,11 @@ class AnswersCancelLate(ProviderAdapter):
 
     name = "stub"
 
-    def __init__(self, outcome: CancelOutcome, delay_s: float | None) -> None:
+    def __init__(
+        self, outcome: CancelOutcome, delay_s: float | None, *, succeeds: bool = False, then: Exception | None = None
+    ) -> None:
         self.outcome, self.delay_s = outcome, delay_s
+        self.succeeds, self.then = succeeds, then  # the job produces its output; then the attempt fails
 
     async def generate(
         self,
@@ -62,6 +67,10 @@ class AnswersCancelLate(ProviderAdapter):
     ) -> ProviderResult:
         assert trace is not None
         trace(JobStarted(JOB))
+        if self.succeeds:
+            trace(JobSucceeded(JOB))
+        if self.then is not None:
+            raise self.then
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
@@ -156,3 +165,23 @@ async def test_a_cancel_that_failed_in_time_is_unconfirmed_spend(health: HealthS
     await _dispatch_until_the_client_leaves(health, AnswersCancelLate(CancelOutcome.FAILED, None), reports)
     await _settled()
     assert reports.attempts() == [("cancelled", "unconfirmed", COST, False)]
+
+
+async def test_a_job_that_produced_output_before_its_attempt_failed_is_wasted_spend(health: HealthStore) -> None:
+    reports = Reports()
+    fetch_failed = ProviderUnavailable("the result fetch failed", provider="stub")
+    adapter = AnswersCancelLate(CancelOutcome.CANCELLED, None, succeeds=True, then=fetch_failed)
+    dispatcher = Dispatcher({"stub": adapter}, health, RetryBudget())
+    request = ImageRequest("req-1", Mode.GENERATE, "a fox", 1024, 1024)
+    with pytest.raises(ProviderUnavailable):
+        await dispatcher.dispatch(request, _plan(), asyncio.get_running_loop().time() + 30, report=reports)
+    await _settled()
+    assert reports.attempts() == [("provider_unavailable", "wasted", COST, False)]
+
+
+async def test_a_finished_job_is_billed_once_whatever_its_late_cancel_says(health: HealthStore) -> None:
+    reports = Reports()
+    adapter = AnswersCancelLate(CancelOutcome.FAILED, 0.05, succeeds=True)
+    await _dispatch_until_the_client_leaves(health, adapter, reports)
+    await _settled()
+    assert reports.attempts() == [("cancelled", "wasted", COST, False)]

@@ -29,6 +29,7 @@ from gateway.types import (
     ImageRequest,
     JobCancelled,
     JobStarted,
+    JobSucceeded,
     ProviderJob,
     TraceEvent,
 )
@@ -81,11 +82,11 @@ async def test_generate_one_image(fal: FalAdapter, t2i: Deployment, control: Sim
 
     result = await fal.generate(t2i, image_request(), trace=events)
 
-    assert events == [JobStarted(result.jobs[0])]  # and no JobCancelled
+    [job] = result.jobs
+    assert events == [JobStarted(job), JobSucceeded(job)]  # and no JobCancelled
     [image] = result.images
     assert image.url.startswith(sims.fal_url)
     assert (image.width, image.height, image.content_type) == (1024, 768, "image/png")
-    [job] = result.jobs
     assert job.provider == "fal"
     assert job.cancel_url is not None
     assert job.cancel_url.endswith(f"/requests/{job.job_id}/cancel")
@@ -207,6 +208,20 @@ async def test_failed_poll_cancels_the_job(fal: FalAdapter, t2i: Deployment, con
     [job] = events.started()
     assert events == [JobStarted(job), JobCancelled(job, CancelOutcome.CANCELLED)]
     assert (await control.stats())["cancels"] == 1
+
+
+async def test_a_completed_job_whose_result_fetch_fails_is_reported_as_succeeded(
+    fal: FalAdapter, t2i: Deployment, control: SimControl
+) -> None:
+    await control.fault("http_500", "result")
+    events = Events()
+
+    with pytest.raises(ProviderUnavailable):
+        await fal.generate(t2i, image_request(), trace=events)
+
+    # fal bills the finished job although we never got its images: metering must know it finished
+    [job] = events.started()
+    assert events == [JobStarted(job), JobSucceeded(job)]
 
 
 async def test_read_timeout_is_provider_timeout(sims: SimulatorThread, t2i: Deployment, control: SimControl) -> None:

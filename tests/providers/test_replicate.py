@@ -27,6 +27,7 @@ from gateway.types import (
     ImageFormat,
     JobCancelled,
     JobStarted,
+    JobSucceeded,
     ProviderJob,
 )
 from providers.base import ProviderEndpoint
@@ -124,8 +125,8 @@ async def test_three_images_are_three_predictions_with_distinct_seeds(
 
     result = await replicate.generate(klein, image_request(n=3, seed=7), trace=events)
 
-    assert len(events) == 3
-    assert set(events) == {JobStarted(job) for job in result.jobs}  # and no JobCancelled
+    assert len(events) == 6
+    assert set(events) == {e(job) for job in result.jobs for e in (JobStarted, JobSucceeded)}  # and no JobCancelled
     assert len(result.images) == 3
     assert len({image.url for image in result.images}) == 3
     assert len({job.job_id for job in result.jobs}) == 3
