@@ -132,7 +132,7 @@ class FalAdapter(ProviderAdapter):
             return CancelOutcome.NOT_FOUND  # fal says never to build the URL: no handle, no job to ask about
         conventions = self.conventions
         response = await self._http.send(
-            "PUT", job.cancel_url, what="cancel", limits=httpx.Timeout(conventions.cancel_timeout)
+            "PUT", job.cancel_url, what="cancel", limits=httpx.Timeout(conventions.cancel_timeout), control=True
         )
         code = response.status_code
         if not response.is_success and code not in conventions.cancel_codes:

@@ -2,6 +2,10 @@
 
 Nothing provider-specific lives here. An adapter sends requests through `ProviderHTTP`, which turns
 transport failures and error statuses into `gateway.exceptions` and never lets the API key into a message.
+
+Requests wait for a connection slot here, not in httpcore's pool: its queue rescans every connection for
+every waiting request on each pool event (encode/httpcore#1035), which pinned a CPU once requests outnumbered
+connections. A tenth of the connections is kept for cancels, so stopping a job never waits behind traffic.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import contextlib
 import email.utils
 import re
 import time
-from collections.abc import Awaitable, Callable, Collection, Generator, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -101,6 +106,11 @@ def poll_delays(endpoint: ProviderEndpoint, budget: float) -> Iterator[float]:
         delay = min(delay * 2, endpoint.max_poll_interval)
 
 
+# Set inside a `start_job` create that already holds its connection slot (taken before the create was
+# shielded), so `send` does not take a second one.
+_HOLDS_SLOT: ContextVar[bool] = ContextVar("holds_slot", default=False)
+
+
 class ProviderHTTP:
     """One provider's HTTP client: shared connection pool, same-origin auth, ProviderErrors only."""
 
@@ -121,6 +131,8 @@ class ProviderHTTP:
         # Cleanup tasks that outlive the call that started them (see `start_job`), kept to stop GC.
         self._cleanup: set[asyncio.Task[None]] = set()
         self._urls: dict[str, httpx.URL] = {}  # bounded: one per path the adapter builds (per deployment)
+        reserved = endpoint.max_connections // 10  # for cancels (`control=True`); none on a tiny pool
+        self._slots = asyncio.Semaphore(endpoint.max_connections - reserved)
 
     def url(self, path: str) -> httpx.URL:
         """An absolute URL under the endpoint's base URL (parsed once per path: they repeat every request)."""
@@ -162,8 +174,27 @@ class ProviderHTTP:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         limits: httpx.Timeout | None = None,
+        control: bool = False,
     ) -> httpx.Response:
-        """Send one request (`what` names it in messages); transport failures become ProviderErrors."""
+        """Send one request (`what` names it in messages); transport failures become ProviderErrors.
+
+        A `control` request (a cancel) skips the wait for a connection slot and uses the reserved ones.
+        """
+        if control or _HOLDS_SLOT.get():
+            return await self._send(method, url, what, json, headers, params, limits)
+        async with self._slots:
+            return await self._send(method, url, what, json, headers, params, limits)
+
+    async def _send(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        what: str,
+        json: Any,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        limits: httpx.Timeout | None,
+    ) -> httpx.Response:
         all_headers = dict(headers or {})
         content = None
         if json is not None:
@@ -245,7 +276,14 @@ class ProviderHTTP:
         request carries on in the background and the job it creates is cancelled once its handle is known:
         JobStarted and JobCancelled then reach `trace` after our caller has already seen CancelledError.
         """
-        task: asyncio.Future[T] = asyncio.ensure_future(start)
+        # The slot is taken before the shield: a caller cancelled while waiting for a connection leaves
+        # no create behind to be sent later, for a client that is gone.
+        try:
+            await self._slots.acquire()
+        except asyncio.CancelledError:
+            _close(start)
+            raise
+        task: asyncio.Future[T] = asyncio.ensure_future(self._holding_slot(start))
         try:
             handle = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -259,6 +297,14 @@ class ProviderHTTP:
             await self.cancel_jobs(cancel, (job,), within=within, trace=trace)
             raise
         return handle
+
+    async def _holding_slot(self, start: Awaitable[T]) -> T:
+        """Await `start` with the connection slot `start_job` took, and give it back after."""
+        _HOLDS_SLOT.set(True)  # this task's own context: the create's `send` uses the slot already held
+        try:
+            return await start
+        finally:
+            self._slots.release()
 
     async def cancel_jobs(
         self, cancel: Cancel, jobs: Collection[ProviderJob], *, within: float, trace: Trace | None
@@ -290,6 +336,12 @@ class ProviderHTTP:
         if self._cleanup:
             await asyncio.wait(set(self._cleanup))
         await self._client.aclose()
+
+
+def _close(start: Awaitable[object]) -> None:
+    """Drop a create that will never run (no "coroutine was never awaited" warning)."""
+    if isinstance(start, Coroutine):
+        start.close()
 
 
 def emit(trace: Trace | None, event: TraceEvent) -> None:

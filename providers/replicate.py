@@ -129,7 +129,7 @@ class ReplicateAdapter(ProviderAdapter):
             return CancelOutcome.NOT_FOUND  # no handle to ask with: not a prediction we can name
         conventions = self.conventions
         response = await self._http.send(
-            "POST", job.cancel_url, what="cancel", limits=httpx.Timeout(conventions.cancel_timeout)
+            "POST", job.cancel_url, what="cancel", limits=httpx.Timeout(conventions.cancel_timeout), control=True
         )
         if response.status_code in conventions.cancel_not_found_codes:
             return CancelOutcome.NOT_FOUND

@@ -9,6 +9,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from gateway.exceptions import GatewayError, ProviderAuthError, ProviderError
@@ -76,6 +77,12 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
+    # The client left before its body was read: nothing was dispatched, and nobody is there to answer.
+    log.info("client left before sending its whole request: %s %s", request.method, request.url.path)
+    return Response(status_code=499)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     # The last line of defence: log the traceback for operators, tell the client nothing internal.
     log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -92,4 +99,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _on_gateway_error)
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -325,3 +327,24 @@ def test_deadline_cancels_the_provider_job(start_gateway: Callable[..., Gateway]
     assert response.json()["error"]["code"] == "deadline_exceeded"
     assert response.elapsed.total_seconds() < 3.0
     assert sims.fal.stats()["cancels"] == 1, "the abandoned fal job must be cancelled upstream"
+
+
+def test_a_client_that_leaves_mid_body_is_not_an_error(gateway: Gateway, sims: Simulators, usage: UsageLog) -> None:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    head = (
+        f"POST {GEN} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {gateway.key}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=5) as client:
+        client.sendall(head.encode() + b'{"model": "flux.2-')  # ...and leaves before the rest
+    assert _wait_until(lambda: "client left before sending its whole request" in gateway.process.log_text())
+    assert "unhandled error" not in gateway.process.log_text()
+    assert sims.total_calls() == 0
+    assert usage.since_mark() == []
+
+
+def _wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(0.05)
+    return predicate()
