@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator, Iterator, Mapping
@@ -38,6 +39,7 @@ from gateway.types import CancelOutcome, JobCancelled, JobStarted, ProviderJob, 
 from providers.base import ProviderEndpoint
 
 T = TypeVar("T")
+log = logging.getLogger("providers.http")
 
 # An adapter's `cancel`: ask the provider to stop one job, and say what it answered.
 Cancel = Callable[[ProviderJob], Awaitable[CancelOutcome]]
@@ -359,6 +361,9 @@ async def _cancel_and_report(cancel: Cancel, job: ProviderJob, within: float, tr
             async with asyncio.timeout(within):
                 outcome = await cancel(job)
     finally:
+        if outcome is CancelOutcome.FAILED:
+            # Operators need to know: the job may run on, and bill, at the provider.
+            log.warning("could not cancel %s job %s within %.1f s; it may still run", job.provider, job.job_id, within)
         # After the cancel, whatever happened to it (even aclose stopping us): exactly one report per job.
         emit(trace, JobCancelled(job, outcome))
 
