@@ -7,11 +7,17 @@ from a clean slate without paying for a new server.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
+from gateway.catalog import Catalog, Deployment
 from providers.simulators.server import SimulatorThread
+from tests.providers.harness import SimControl
+
+CATALOG = Path(__file__).resolve().parents[2] / "config" / "models.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +32,17 @@ def sims(simulators: SimulatorThread) -> SimulatorThread:
     """The session's simulators after POST /_sim/reset on both (jobs, stats, faults, latency)."""
     simulators.reset()
     return simulators
+
+
+@pytest.fixture(scope="session")
+def klein() -> Deployment:
+    """Replicate's deployment of FLUX.2 [klein] 4B, from the real catalog."""
+    [deployment] = [d for d in Catalog.from_yaml(CATALOG).deployments if d.key == "replicate/flux.2-klein-4b"]
+    return deployment
+
+
+@pytest.fixture
+async def replicate_control(sims: SimulatorThread) -> AsyncIterator[SimControl]:
+    """The Replicate simulator's /_sim control API."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        yield SimControl(client, sims.replicate_url)

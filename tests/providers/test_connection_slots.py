@@ -10,33 +10,18 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
-import httpx
 import pytest
 
-from gateway.catalog import Catalog, Deployment
+from gateway.catalog import Deployment
 from gateway.exceptions import ProviderTimeout
 from gateway.types import CancelOutcome
 from providers.replicate import ReplicateAdapter, ReplicateConventions
 from providers.simulators.server import SimulatorThread
 from tests.providers.harness import Events, SimControl, endpoint, image_request
 
-CATALOG = Path(__file__).resolve().parents[2] / "config" / "models.yaml"
 CONNECTIONS, SLOTS = 10, 9
 HANG_S = 1.5  # the adapter's read timeout: how long a hanging poll holds its slot
-
-
-@pytest.fixture(scope="module")
-def klein() -> Deployment:
-    [deployment] = [d for d in Catalog.from_yaml(CATALOG).deployments if d.key == "replicate/flux.2-klein-4b"]
-    return deployment
-
-
-@pytest.fixture
-async def control(sims: SimulatorThread) -> AsyncIterator[SimControl]:
-    async with httpx.AsyncClient(timeout=5) as client:
-        yield SimControl(client, sims.replicate_url)
 
 
 @pytest.fixture
@@ -52,22 +37,22 @@ async def replicate(sims: SimulatorThread) -> AsyncIterator[ReplicateAdapter]:
 
 
 async def _hold_every_slot(
-    replicate: ReplicateAdapter, klein: Deployment, control: SimControl
+    replicate: ReplicateAdapter, klein: Deployment, replicate_control: SimControl
 ) -> tuple[list[asyncio.Task[object]], Events]:
     """SLOTS generations whose status polls hang: each holds a slot (and a connection) for HANG_S."""
-    await control.slow_jobs()
-    await control.fault("hang", on="get")
+    await replicate_control.slow_jobs()
+    await replicate_control.fault("hang", on="get")
     events = Events()
     tasks = [asyncio.create_task(replicate.generate(klein, image_request(), trace=events)) for _ in range(SLOTS)]
-    stats = await control.wait_for(lambda s: s["calls"].get("get", 0) >= SLOTS)
+    stats = await replicate_control.wait_for(lambda s: s["calls"].get("get", 0) >= SLOTS)
     assert stats["calls"]["get"] == SLOTS
     return tasks, events
 
 
 async def test_a_cancel_does_not_wait_behind_held_connections(
-    replicate: ReplicateAdapter, klein: Deployment, control: SimControl
+    replicate: ReplicateAdapter, klein: Deployment, replicate_control: SimControl
 ) -> None:
-    holders, events = await _hold_every_slot(replicate, klein, control)
+    holders, events = await _hold_every_slot(replicate, klein, replicate_control)
     waiting = asyncio.create_task(replicate.generate(klein, image_request()))  # queued for a slot
     await asyncio.sleep(0.1)
 
@@ -75,7 +60,7 @@ async def test_a_cancel_does_not_wait_behind_held_connections(
     outcome = await replicate.cancel(events.started()[0])
     assert time.monotonic() - started < 0.5, "the cancel used a reserved connection at once"
     assert outcome is CancelOutcome.CANCELLED
-    assert (await control.stats())["calls"]["create"] == SLOTS, "the queued request has not been sent"
+    assert (await replicate_control.stats())["calls"]["create"] == SLOTS, "the queued request has not been sent"
 
     waiting.cancel()
     for task in [*holders, waiting]:
@@ -84,9 +69,9 @@ async def test_a_cancel_does_not_wait_behind_held_connections(
 
 
 async def test_a_request_cancelled_while_waiting_for_a_slot_is_never_sent(
-    replicate: ReplicateAdapter, klein: Deployment, control: SimControl
+    replicate: ReplicateAdapter, klein: Deployment, replicate_control: SimControl
 ) -> None:
-    holders, _ = await _hold_every_slot(replicate, klein, control)
+    holders, _ = await _hold_every_slot(replicate, klein, replicate_control)
     events = Events()
     waiting = asyncio.create_task(replicate.generate(klein, image_request(), trace=events))
     await asyncio.sleep(0.1)
@@ -98,6 +83,6 @@ async def test_a_request_cancelled_while_waiting_for_a_slot_is_never_sent(
         with pytest.raises(ProviderTimeout):
             await task
     await asyncio.sleep(0.3)
-    stats = await control.stats()
+    stats = await replicate_control.stats()
     assert stats["calls"]["create"] == SLOTS, "no create was sent later for the request that was cancelled"
     assert events == []

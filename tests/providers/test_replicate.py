@@ -7,13 +7,11 @@ import email.utils
 import io
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
-from gateway.catalog import Catalog, Deployment
+from gateway.catalog import Deployment
 from gateway.exceptions import (
     ContentPolicyViolation,
     ProviderAuthError,
@@ -36,7 +34,6 @@ from providers.replicate import ReplicateAdapter, ReplicateConventions
 from providers.simulators.server import SimulatorThread
 from tests.providers.harness import Events, SimControl, endpoint, image_request, png
 
-CATALOG = Path(__file__).resolve().parents[2] / "config" / "models.yaml"
 QUICK = ReplicateConventions(prefer_wait=1)  # a short blocking create keeps cancellation tests fast
 POLLING = ReplicateConventions(prefer_wait=0)  # no Prefer header: every prediction is polled
 
@@ -45,16 +42,9 @@ def replicate_endpoint(sims: SimulatorThread, *, api_key: str | None = None) -> 
     return endpoint(sims.replicate_url, sims.replicate_key if api_key is None else api_key)
 
 
-@pytest.fixture(scope="module")
-def klein() -> Deployment:
-    [deployment] = [d for d in Catalog.from_yaml(CATALOG).deployments if d.key == "replicate/flux.2-klein-4b"]
-    return deployment
-
-
 @pytest.fixture
-async def control(sims: SimulatorThread) -> AsyncIterator[SimControl]:
-    async with httpx.AsyncClient(timeout=5) as client:
-        yield SimControl(client, sims.replicate_url)
+def control(replicate_control: SimControl) -> SimControl:
+    return replicate_control
 
 
 @pytest.fixture
